@@ -1,0 +1,1 @@
+/* gguf_model.c - being written */

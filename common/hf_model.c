@@ -1,0 +1,1 @@
+/* hf_model.c - being written */

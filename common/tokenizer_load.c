@@ -1,0 +1,1 @@
+/* tokenizer_load.c - being written */
