@@ -60,7 +60,7 @@ typedef struct model_config {
     int context_len; /* max positions the model was trained for */
     float norm_eps;  /* RMSNorm epsilon */
     float rope_theta;
-    int rope_dim; /* dimensions rotated per head (head_dim unless the file says less) */
+    int rope_dim; /* dimensions rotated per head; a reader may leave 0, meaning head_dim */
     rope_layout rope_layout;
     rope_scaling_type rope_scaling;
     float rope_scaling_factor;
@@ -97,6 +97,7 @@ typedef struct model {
     model_config config;
     model_tensor *tensors; /* [n_tensors] */
     int n_tensors;
+    int tensors_cap;
     struct tokenizer *tok; /* NULL when the source has no tokenizer */
     mapped_file *files;    /* [n_files] the mappings the tensor data points into */
     int n_files;

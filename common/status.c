@@ -16,13 +16,19 @@ cinder_status cinder_error_set(cinder_error *err, cinder_status status, const ch
 
 void cinder_error_prefix(cinder_error *err, const char *fmt, ...) {
     if (!err) return;
-    char prefix[256], old[sizeof err->msg];
+    char prefix[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* Shift the message right to make room for "prefix: ", truncating its end if need be. */
+    size_t plen = strlen(prefix) + 2, cap = sizeof err->msg;
+    size_t mlen = strnlen(err->msg, cap - 1);
+    if (plen + mlen > cap - 1) mlen = cap - 1 - plen;
+    memmove(err->msg + plen, err->msg, mlen);
+    err->msg[plen + mlen] = '\0';
+    memcpy(err->msg, prefix, plen - 2);
+    memcpy(err->msg + plen - 2, ": ", 2);
 }
 
 const char *cinder_status_name(cinder_status status) {
