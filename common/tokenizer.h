@@ -52,6 +52,8 @@ tok_type tok_token_type(const tokenizer *t, int32_t id);
 int32_t tok_token_id(const tokenizer *t, const char *text);
 /* Ids that end generation (EOS and, for chat models, the end-of-turn token). */
 int tok_stop_ids(const tokenizer *t, int32_t *out, int cap);
+/* The most bytes one token decodes to (sizes tok_stream_feed's buffer). */
+size_t tok_max_token_bytes(const tokenizer *t);
 
 /* Encodes len bytes of text. Special tokens in the text are recognized when parse_special.
  * BOS is prepended when add_bos and the tokenizer asks for it. Writes up to cap ids; *n_out
@@ -62,8 +64,10 @@ cinder_status tok_encode(const tokenizer *t, const char *text, size_t len, bool 
                          cinder_error *err);
 
 /* Decodes ids to bytes (special tokens included as their text when with_special). Writes up
- * to cap bytes plus a NUL when room; *n_out is the byte count needed. An id out of range is
- * CINDER_ERR_ARG naming its index. */
+ * to cap bytes plus a NUL when room; *n_out is the byte count needed (without the NUL).
+ * Returns CINDER_ERR_RANGE when cap < *n_out + 1 (call with out NULL, cap 0 to size it). An id
+ * out of range is CINDER_ERR_ARG naming its index. The bytes are not checked: ids cut from
+ * the middle of a character give invalid UTF-8 (tok_stream replaces it). */
 cinder_status tok_decode(const tokenizer *t, const int32_t *ids, size_t n, bool with_special,
                          char *out, size_t cap, size_t *n_out, cinder_error *err);
 
@@ -76,10 +80,13 @@ typedef struct tok_stream {
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tokenizer *t, bool with_special);
-/* Appends the text completed by id to out (cap bytes, NUL-terminated); returns bytes written
- * or -1 (err filled) for a bad id or a too small buffer (cap >= 64 is always enough). */
+/* Writes the text completed by id to out (cap bytes, NUL-terminated); returns bytes written
+ * or -1 (err filled, the stream unchanged) for a bad id or a too small buffer (CINDER_ERR_RANGE;
+ * cap >= 3 * (tok_max_token_bytes(t) + 4) is always enough). Invalid UTF-8 becomes U+FFFD, as
+ * a lossy UTF-8 conversion of the whole decode would give. */
 int tok_stream_feed(tok_stream *s, int32_t id, char *out, size_t cap, cinder_error *err);
-/* Flushes what is pending at the end of a stream (invalid bytes become U+FFFD). */
+/* Flushes what is pending at the end of a stream (an incomplete character becomes U+FFFD);
+ * -1 when cap < 4. */
 int tok_stream_flush(tok_stream *s, char *out, size_t cap);
 
 /* Chat templates. */

@@ -12,6 +12,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 
 scripts/install-deps.sh
 scripts/fetch-model.sh >/dev/null
+scripts/fetch-test-data.sh >/dev/null
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CINDER_CMAKE_FLAGS:-}
 cmake --build build -j "$jobs"
