@@ -175,15 +175,26 @@ static cinder_status hf_parse_arch(const hf_ctx *c, const cJSON *root, model_con
                             c->what, by_class ? "architecture" : "model_type", name);
 }
 
+/* RoPE theta and scaling. transformers >= 5 writes them together as "rope_parameters"
+ * ({"rope_type": "default"|"llama3"|..., "rope_theta": ..., "factor": ...}); older files have
+ * "rope_theta" at the top and "rope_scaling" apart. The newer object wins when both exist. */
 static cinder_status hf_parse_rope_scaling(const hf_ctx *top, const cJSON *root,
                                            model_config *cfg) {
     cfg->rope_scaling = ROPE_SCALING_NONE;
     cfg->rope_scaling_factor = 1.0f;
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const char *key = "rope_parameters", *prefix = "rope_parameters.";
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!rs || cJSON_IsNull(rs)) {
+        key = "rope_scaling";
+        prefix = "rope_scaling.";
+        rs = cJSON_GetObjectItemCaseSensitive(root, key);
+    }
     if (!rs || cJSON_IsNull(rs)) return CINDER_OK;
-    if (!cJSON_IsObject(rs)) return hf_bad(top, "rope_scaling", "an object or null", rs);
+    if (!cJSON_IsObject(rs)) return hf_bad(top, key, "an object or null", rs);
 
-    hf_ctx c = {top->what, "rope_scaling.", top->err};
+    hf_ctx c = {top->what, prefix, top->err};
+    if (cJSON_GetObjectItemCaseSensitive(rs, "rope_theta"))
+        HF_TRY(hf_get_float(&c, rs, "rope_theta", true, 0, true, &cfg->rope_theta));
     const char *type;
     const char *type_key = cJSON_GetObjectItemCaseSensitive(rs, "rope_type") ? "rope_type" : "type";
     HF_TRY(hf_get_str(&c, rs, type_key, &type));
@@ -194,9 +205,9 @@ static cinder_status hf_parse_rope_scaling(const hf_ctx *top, const cJSON *root,
         i++;
     if (i == sizeof hf_rope_types / sizeof hf_rope_types[0])
         return cinder_error_set(top->err, CINDER_ERR_UNSUPPORTED,
-                                "%s: rope_scaling type '%s' is not supported (cinder reads "
+                                "%s: %s type '%s' is not supported (cinder reads default, "
                                 "linear, dynamic, llama3 and yarn)",
-                                top->what, type);
+                                top->what, key, type);
     cfg->rope_scaling = hf_rope_types[i].type;
     if (cfg->rope_scaling == ROPE_SCALING_NONE) return CINDER_OK;
 
@@ -210,9 +221,9 @@ static cinder_status hf_parse_rope_scaling(const hf_ctx *top, const cJSON *root,
             hf_get_float(&c, rs, "high_freq_factor", true, 0, true, &cfg->rope_high_freq_factor));
         if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
             return cinder_error_set(top->err, CINDER_ERR_FORMAT,
-                                    "%s: 'rope_scaling.high_freq_factor' (%g) must be greater "
-                                    "than 'rope_scaling.low_freq_factor' (%g)",
-                                    top->what, cfg->rope_high_freq_factor,
+                                    "%s: '%shigh_freq_factor' (%g) must be greater than "
+                                    "'%slow_freq_factor' (%g)",
+                                    top->what, prefix, cfg->rope_high_freq_factor, prefix,
                                     cfg->rope_low_freq_factor);
     }
     return CINDER_OK;

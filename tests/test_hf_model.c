@@ -468,6 +468,37 @@ static void test_rope_scaling(void) {
     cJSON_Delete(j);
 }
 
+/* transformers >= 5 writes theta and scaling together as "rope_parameters", which wins over
+ * the older keys. */
+static void test_rope_parameters(void) {
+    cJSON *j = llama_config();
+    config_set(j, "rope_scaling", NULL);
+    config_set(j, "rope_theta", "10000");
+    config_set(j, "rope_parameters",
+               "{\"rope_type\": \"llama3\", \"rope_theta\": 500000.0, \"factor\": 8.0,"
+               " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
+               " \"original_max_position_embeddings\": 8192}");
+    model_config c;
+    cinder_error err = {0};
+    CHECK_MSG(config_parse(j, &c, &err) == CINDER_OK, "%s", err.msg);
+    CHECK(c.rope_theta == 500000.0f);
+    CHECK_EQ_INT(c.rope_scaling, ROPE_SCALING_LLAMA3);
+    CHECK(c.rope_scaling_factor == 8.0f);
+    CHECK_EQ_INT(c.rope_original_context, 8192);
+    config_set(j, "rope_parameters", "{\"rope_type\": \"default\", \"rope_theta\": 100000}");
+    config_set(j, "rope_scaling", "{\"type\": \"linear\", \"factor\": 2.0}");
+    CHECK_MSG(config_parse(j, &c, &err) == CINDER_OK, "%s", err.msg);
+    CHECK(c.rope_theta == 100000.0f);
+    CHECK_EQ_INT(c.rope_scaling, ROPE_SCALING_NONE);
+    config_set(j, "rope_parameters", "{\"rope_type\": \"longrope\"}");
+    CHECK_EQ_INT(config_parse(j, &c, &err), CINDER_ERR_UNSUPPORTED);
+    CHECK_MSG(test_contains(err.msg, "rope_parameters type 'longrope'"), "%s", err.msg);
+    config_set(j, "rope_parameters", "{\"rope_type\": \"default\", \"rope_theta\": \"big\"}");
+    CHECK_EQ_INT(config_parse(j, &c, &err), CINDER_ERR_FORMAT);
+    CHECK_MSG(test_contains(err.msg, "'rope_parameters.rope_theta'"), "%s", err.msg);
+    cJSON_Delete(j);
+}
+
 static void test_config_errors(void) {
     static const struct {
         const char *key, *value; /* value NULL: remove the key */
@@ -687,6 +718,7 @@ int main(void) {
     test_config_errors();
     test_config_mutations();
     test_rope_scaling();
+    test_rope_parameters();
     test_mistral();
     test_llama_single();
     test_llama_sharded();
