@@ -13,6 +13,8 @@ static const struct {
     {"inspect", cmd_inspect, "describe a model file: architecture, sizes, tensors, tokenizer"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of token ids"},
+    {"write-model", cmd_write_model,
+     "write a random-weight Llama model of any shape (GGUF or HF folder)"},
 };
 
 static void usage(FILE *out) {

@@ -49,6 +49,10 @@ bool dtype_is_quantized(dtype t);
 
 /* Dequantizes n values (n a multiple of the block size) of type t starting at src into dst. */
 void dtype_to_f32(dtype t, const void *src, float *dst, int64_t n);
+/* Converts n values (n a multiple of the block size) to type t at dst (dtype_row_bytes(t, n)
+ * bytes): F16 and BF16 round to nearest even; Q8_0, Q4_0 and Q4_1 quantize each block as ggml's
+ * reference quantizers do (quantize_row_*_ref), so the bytes match llama.cpp's. */
+void dtype_from_f32(dtype t, const float *src, void *dst, int64_t n);
 
 static inline float fp16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;

@@ -25,6 +25,8 @@ typedef struct gguf_writer_tensor {
     uint64_t ne[GGUF_MAX_DIMS];
     const void *data; /* the caller's */
     size_t nbytes;
+    gguf_tensor_producer produce; /* streamed tensors: data comes from produce(ctx) instead */
+    void *ctx;
 } gguf_writer_tensor;
 
 struct gguf_writer {
@@ -301,7 +303,8 @@ cinder_status gguf_writer_set_alignment(gguf_writer *w, uint32_t alignment) {
 
 static cinder_status gguf_writer_push_tensor(gguf_writer *w, const char *name, uint32_t ggml_type,
                                              int n_dims, const uint64_t *ne, const void *data,
-                                             size_t nbytes) {
+                                             size_t nbytes, gguf_tensor_producer produce,
+                                             void *ctx) {
     if (w->err.status) return w->err.status;
     if (!name || !name[0]) return gguf_writer_fail(w, CINDER_ERR_ARG, "empty tensor name");
     if (n_dims < 1 || n_dims > GGUF_MAX_DIMS)
@@ -310,7 +313,8 @@ static cinder_status gguf_writer_push_tensor(gguf_writer *w, const char *name, u
     for (int d = 0; d < n_dims; d++)
         if (ne[d] == 0)
             return gguf_writer_fail(w, CINDER_ERR_ARG, "tensor '%s': dimension %d is 0", name, d);
-    if (!data && nbytes) return gguf_writer_fail(w, CINDER_ERR_ARG, "tensor '%s': no data", name);
+    if (!data && !produce && nbytes)
+        return gguf_writer_fail(w, CINDER_ERR_ARG, "tensor '%s': no data", name);
     for (size_t i = 0; i < w->n_tensors; i++)
         if (strcmp(w->tensors[i].name, name) == 0)
             return gguf_writer_fail(w, CINDER_ERR_ARG, "tensor '%s' added twice", name);
@@ -322,8 +326,12 @@ static cinder_status gguf_writer_push_tensor(gguf_writer *w, const char *name, u
         w->tensors_cap = cap;
     }
     gguf_writer_tensor *t = &w->tensors[w->n_tensors];
-    *t = (gguf_writer_tensor){
-        .ggml_type = ggml_type, .n_dims = (uint32_t)n_dims, .data = data, .nbytes = nbytes};
+    *t = (gguf_writer_tensor){.ggml_type = ggml_type,
+                              .n_dims = (uint32_t)n_dims,
+                              .data = data,
+                              .nbytes = nbytes,
+                              .produce = produce,
+                              .ctx = ctx};
     for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
     t->name = strdup(name);
     if (!t->name) return gguf_writer_fail(w, CINDER_ERR_NOMEM, "out of memory adding '%s'", name);
@@ -331,8 +339,9 @@ static cinder_status gguf_writer_push_tensor(gguf_writer *w, const char *name, u
     return CINDER_OK;
 }
 
-cinder_status gguf_writer_add_tensor(gguf_writer *w, const char *name, dtype type, int n_dims,
-                                     const uint64_t *ne, const void *data, size_t nbytes) {
+/* Checks that nbytes is the size type and shape ne[0..n_dims) give. */
+static cinder_status gguf_writer_check_size(gguf_writer *w, const char *name, dtype type,
+                                            int n_dims, const uint64_t *ne, size_t nbytes) {
     if (w->err.status) return w->err.status;
     if ((unsigned)type >= DTYPE_COUNT)
         return gguf_writer_fail(w, CINDER_ERR_ARG, "tensor '%s': bad dtype %d", name, (int)type);
@@ -352,14 +361,33 @@ cinder_status gguf_writer_add_tensor(gguf_writer *w, const char *name, dtype typ
         return gguf_writer_fail(
             w, CINDER_ERR_ARG, "tensor '%s' (%s): %zu bytes, its shape needs %llu", name,
             dtype_name(type), nbytes, (unsigned long long)(numel / bs * dtype_block_bytes(type)));
+    return CINDER_OK;
+}
+
+cinder_status gguf_writer_add_tensor(gguf_writer *w, const char *name, dtype type, int n_dims,
+                                     const uint64_t *ne, const void *data, size_t nbytes) {
+    cinder_status s = gguf_writer_check_size(w, name, type, n_dims, ne, nbytes);
+    if (s) return s;
     return gguf_writer_push_tensor(w, name, gguf_ggml_type_from_dtype(type), n_dims, ne, data,
-                                   nbytes);
+                                   nbytes, NULL, NULL);
+}
+
+cinder_status gguf_writer_add_tensor_stream(gguf_writer *w, const char *name, dtype type,
+                                            int n_dims, const uint64_t *ne, size_t nbytes,
+                                            gguf_tensor_producer produce, void *ctx) {
+    if (w->err.status) return w->err.status;
+    if (!produce)
+        return gguf_writer_fail(w, CINDER_ERR_ARG, "tensor '%s': no producer", name ? name : "");
+    cinder_status s = gguf_writer_check_size(w, name, type, n_dims, ne, nbytes);
+    if (s) return s;
+    return gguf_writer_push_tensor(w, name, gguf_ggml_type_from_dtype(type), n_dims, ne, NULL,
+                                   nbytes, produce, ctx);
 }
 
 cinder_status gguf_writer_add_tensor_ggml(gguf_writer *w, const char *name, uint32_t ggml_type,
                                           int n_dims, const uint64_t *ne, const void *data,
                                           size_t nbytes) {
-    return gguf_writer_push_tensor(w, name, ggml_type, n_dims, ne, data, nbytes);
+    return gguf_writer_push_tensor(w, name, ggml_type, n_dims, ne, data, nbytes, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -409,7 +437,47 @@ static uint64_t gguf_pad_to(uint64_t n, uint64_t alignment) {
     return (n + alignment - 1) / alignment * alignment;
 }
 
-static void gguf_writer_emit(const gguf_writer *w, gguf_sink *s) {
+struct gguf_stream {
+    gguf_sink *sink;
+    const gguf_writer_tensor *t;
+    size_t left; /* bytes the producer still owes */
+};
+
+cinder_status gguf_stream_write(gguf_stream *s, const void *data, size_t n, cinder_error *err) {
+    if (n > s->left)
+        return cinder_error_set(err, CINDER_ERR_RANGE,
+                                "gguf writer: tensor '%s': producer gave more than its %zu bytes",
+                                s->t->name, s->t->nbytes);
+    gguf_sink_put(s->sink, data, n);
+    s->left -= n;
+    if (s->sink->failed)
+        return cinder_error_set(err, CINDER_ERR_IO, "gguf writer: tensor '%s': write failed",
+                                s->t->name);
+    return CINDER_OK;
+}
+
+/* A tensor's data: its buffer, or what its producer makes (not called when only counting). */
+static cinder_status gguf_writer_emit_data(const gguf_writer_tensor *t, gguf_sink *s,
+                                           cinder_error *err) {
+    if (!t->produce) {
+        gguf_sink_put(s, t->data, t->nbytes);
+        return CINDER_OK;
+    }
+    if (!s->f && !s->buf) {
+        gguf_sink_put(s, NULL, t->nbytes);
+        return CINDER_OK;
+    }
+    gguf_stream stream = {s, t, t->nbytes};
+    cinder_status st = t->produce(t->ctx, &stream, err);
+    if (st == CINDER_OK && stream.left)
+        st = cinder_error_set(err, CINDER_ERR_RANGE,
+                              "gguf writer: tensor '%s': producer gave %zu of its %zu bytes",
+                              t->name, t->nbytes - stream.left, t->nbytes);
+    return st;
+}
+
+/* Emits the whole file; fails only when a producer does (sink failures set s->failed). */
+static cinder_status gguf_writer_emit(const gguf_writer *w, gguf_sink *s, cinder_error *err) {
     gguf_sink_put(s, "GGUF", 4);
     gguf_sink_le(s, w->version, 4);
     gguf_sink_le(s, w->n_tensors, 8);
@@ -436,9 +504,11 @@ static void gguf_writer_emit(const gguf_writer *w, gguf_sink *s) {
     }
     gguf_sink_pad(s, w->alignment);
     for (size_t i = 0; i < w->n_tensors; i++) {
-        gguf_sink_put(s, w->tensors[i].data, w->tensors[i].nbytes);
+        cinder_status st = gguf_writer_emit_data(&w->tensors[i], s, err);
+        if (st) return st;
         gguf_sink_pad(s, w->alignment);
     }
+    return CINDER_OK;
 }
 
 /* The first failure of the build, copied out. */
@@ -455,13 +525,17 @@ cinder_status gguf_writer_write_buffer(gguf_writer *w, uint8_t **out, size_t *si
     cinder_status s = gguf_writer_check(w, err);
     if (s) return s;
     gguf_sink count = {0};
-    gguf_writer_emit(w, &count);
+    gguf_writer_emit(w, &count, err); /* counting calls no producer: cannot fail */
     if (count.failed) return cinder_error_set(err, CINDER_ERR_RANGE, "gguf writer: file too large");
     gguf_sink sink = {.buf = malloc(count.pos ? count.pos : 1), .cap = count.pos};
     if (!sink.buf)
         return cinder_error_set(err, CINDER_ERR_NOMEM, "gguf writer: out of memory for %zu bytes",
                                 count.pos);
-    gguf_writer_emit(w, &sink);
+    s = gguf_writer_emit(w, &sink, err);
+    if (s) {
+        free(sink.buf);
+        return s;
+    }
     CN_ASSERT(!sink.failed && sink.pos == count.pos);
     *out = sink.buf;
     *size = sink.pos;
@@ -473,9 +547,13 @@ cinder_status gguf_writer_write_file(gguf_writer *w, const char *path, cinder_er
     if (s) return s;
     gguf_sink sink = {.f = fopen(path, "wb")};
     if (!sink.f) return cinder_error_set(err, CINDER_ERR_IO, "%s: %s", path, strerror(errno));
-    gguf_writer_emit(w, &sink);
+    s = gguf_writer_emit(w, &sink, err);
     int e = sink.failed ? errno : 0;
     if (fclose(sink.f) != 0 && !e) e = errno ? errno : EIO;
+    if (s) {
+        remove(path);
+        return s;
+    }
     if (sink.failed || e) {
         remove(path);
         return cinder_error_set(err, CINDER_ERR_IO, "%s: write failed: %s", path,

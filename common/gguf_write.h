@@ -64,6 +64,25 @@ cinder_status gguf_writer_add_tensor_ggml(gguf_writer *w, const char *name, uint
                                           int n_dims, const uint64_t *ne, const void *data,
                                           size_t nbytes);
 
+/* ---- Streamed tensors: data produced while the file is written, for files larger than memory.
+ *
+ * A producer is called once per streamed tensor, in file order, when the file is written (the
+ * counting pass of gguf_writer_write_buffer does not call it). It hands the tensor's bytes to
+ * gguf_stream_write in pieces of any size, exactly nbytes in all, and returns CINDER_OK; an
+ * error it returns (err filled) stops the write, as does a wrong byte count. */
+typedef struct gguf_stream gguf_stream;
+typedef cinder_status (*gguf_tensor_producer)(void *ctx, gguf_stream *out, cinder_error *err);
+
+/* Appends n bytes of the tensor being produced. CINDER_ERR_IO when the file write failed,
+ * CINDER_ERR_RANGE past the tensor's nbytes (err filled). */
+cinder_status gguf_stream_write(gguf_stream *s, const void *data, size_t n, cinder_error *err);
+
+/* Like gguf_writer_add_tensor, with the data from produce(ctx, ...) at write time; ctx must
+ * stay valid until then. */
+cinder_status gguf_writer_add_tensor_stream(gguf_writer *w, const char *name, dtype type,
+                                            int n_dims, const uint64_t *ne, size_t nbytes,
+                                            gguf_tensor_producer produce, void *ctx);
+
 /* Writes the file (removed again if writing fails). */
 cinder_status gguf_writer_write_file(gguf_writer *w, const char *path, cinder_error *err);
 /* Writes into a malloc'd buffer (*out, *size bytes) that the caller frees. */

@@ -60,6 +60,10 @@ static char *model_hf_dir(const char *path, bool is_dir) {
 
 static cinder_status model_load_tokenizer(model *m, cinder_error *err) {
     if (m->format == MODEL_FORMAT_GGUF) {
+        if (!gguf_kv_find(m->source, "tokenizer.ggml.model")) {
+            LOG_INFO("%s: no tokenizer.ggml.model; the model takes token ids only", m->path);
+            return CINDER_OK;
+        }
         m->tok = tok_from_gguf(m->source, err);
         if (!m->tok) return err ? err->status : CINDER_ERR_FORMAT;
         return CINDER_OK;

@@ -383,6 +383,8 @@ typedef struct st_writer_tensor {
     int64_t shape[ST_MAX_DIMS];
     const void *data;
     size_t nbytes;
+    st_tensor_producer produce; /* streamed tensors: data comes from produce(ctx) instead */
+    void *ctx;
 } st_writer_tensor;
 
 struct st_writer {
@@ -480,6 +482,50 @@ cinder_status st_writer_add(st_writer *w, const char *name, dtype type, int n_di
     t->nbytes = nbytes;
     w->n_tensors++;
     return CINDER_OK;
+}
+
+cinder_status st_writer_add_stream(st_writer *w, const char *name, dtype type, int n_dims,
+                                   const int64_t *shape, size_t nbytes, st_tensor_producer produce,
+                                   void *ctx, cinder_error *err) {
+    if (!produce)
+        return cinder_error_set(err, CINDER_ERR_ARG, "safetensors writer: tensor '%s': no producer",
+                                name);
+    /* st_writer_add only keeps the data pointer: add with none, then attach the producer. */
+    cinder_status s = st_writer_add(w, name, type, n_dims, shape, NULL, nbytes, err);
+    if (s) return s;
+    w->tensors[w->n_tensors - 1].produce = produce;
+    w->tensors[w->n_tensors - 1].ctx = ctx;
+    return CINDER_OK;
+}
+
+struct st_stream {
+    FILE *fp;
+    const st_writer_tensor *t;
+    size_t left; /* bytes the producer still owes */
+};
+
+cinder_status st_stream_write(st_stream *s, const void *data, size_t n, cinder_error *err) {
+    if (n > s->left)
+        return cinder_error_set(err, CINDER_ERR_RANGE,
+                                "safetensors writer: tensor '%s': producer gave more than its %zu "
+                                "bytes",
+                                s->t->name, s->t->nbytes);
+    if (n && fwrite(data, 1, n, s->fp) != n)
+        return cinder_error_set(err, CINDER_ERR_IO, "safetensors writer: tensor '%s': %s",
+                                s->t->name, strerror(errno));
+    s->left -= n;
+    return CINDER_OK;
+}
+
+/* Runs a streamed tensor's producer into fp. */
+static cinder_status st_writer_produce(const st_writer_tensor *t, FILE *fp, cinder_error *err) {
+    st_stream stream = {fp, t, t->nbytes};
+    cinder_status s = t->produce(t->ctx, &stream, err);
+    if (s == CINDER_OK && stream.left)
+        s = cinder_error_set(err, CINDER_ERR_RANGE,
+                             "safetensors writer: tensor '%s': producer gave %zu of its %zu bytes",
+                             t->name, t->nbytes - stream.left, t->nbytes);
+    return s;
 }
 
 /* A growable string for building the header. */
@@ -600,12 +646,16 @@ cinder_status st_writer_write(const st_writer *w, const char *path, cinder_error
     uint8_t len_le[8];
     for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)hdr.len >> (8 * i));
     bool ok = fwrite(len_le, 1, 8, fp) == 8 && fwrite(hdr.p, 1, hdr.len, fp) == hdr.len;
-    for (int i = 0; i < n && ok; i++)
-        if (order[i]->nbytes)
+    for (int i = 0; i < n && ok && st == CINDER_OK; i++)
+        if (order[i]->produce)
+            st = st_writer_produce(order[i], fp, err);
+        else if (order[i]->nbytes)
             ok = fwrite(order[i]->data, 1, order[i]->nbytes, fp) == order[i]->nbytes;
     if (fclose(fp) != 0) ok = false;
     fp = NULL;
-    if (!ok) {
+    if (st != CINDER_OK) {
+        remove(path);
+    } else if (!ok) {
         st = cinder_error_set(err, CINDER_ERR_IO, "%s: write failed: %s", path, strerror(errno));
         remove(path);
     }

@@ -82,6 +82,21 @@ cinder_status st_writer_set_metadata(st_writer *w, const char *key, const char *
 cinder_status st_writer_add(st_writer *w, const char *name, dtype type, int n_dims,
                             const int64_t *shape, const void *data, size_t nbytes,
                             cinder_error *err);
+/* Streamed tensors, for files larger than memory: the data is produced while the file is
+ * written. The producer is called once per streamed tensor, in file order, and hands the bytes
+ * to st_stream_write in pieces of any size, exactly nbytes in all; an error it returns (err
+ * filled) stops the write, as does a wrong byte count. */
+typedef struct st_stream st_stream;
+typedef cinder_status (*st_tensor_producer)(void *ctx, st_stream *out, cinder_error *err);
+/* Appends n bytes of the tensor being produced (CINDER_ERR_IO when the write failed,
+ * CINDER_ERR_RANGE past its nbytes). */
+cinder_status st_stream_write(st_stream *s, const void *data, size_t n, cinder_error *err);
+/* Like st_writer_add, with the data from produce(ctx, ...) at write time; ctx must stay valid
+ * until then. */
+cinder_status st_writer_add_stream(st_writer *w, const char *name, dtype type, int n_dims,
+                                   const int64_t *shape, size_t nbytes, st_tensor_producer produce,
+                                   void *ctx, cinder_error *err);
+
 /* Writes the file (replacing path). The writer can be written again or freed afterwards. */
 cinder_status st_writer_write(const st_writer *w, const char *path, cinder_error *err);
 
