@@ -8,7 +8,7 @@ packages=(
   python3 python3-pip
   libopenmpi-dev openmpi-bin
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
-  libcjson-dev libpcre2-dev
+  libcjson-dev libpcre2-dev libsimde-dev
 )
 
 missing=()

@@ -1,0 +1,178 @@
+/* bench_kernels.c - CPU kernel throughput next to the memory bandwidth measured in the same run.
+ *
+ * Decode is a GEMV per weight matrix, bound by reading the weights once (design.md §7), so
+ * GEMV figures are GB/s of weights read, printed beside what the machine can stream. Each
+ * GEMV runs "cold" (rotating over enough copies of the matrix to overflow the last-level
+ * cache, as a forward pass over all layers does) and "hot" (one matrix, cache-resident).
+ * Prefill is a GEMM over 64 tokens, in GFLOP/s.
+ *
+ *   bench_kernels [max_threads [TYPE [LEVEL]]]
+ *     max_threads  each figure for 1..max_threads threads (default 2)
+ *     TYPE, LEVEL  only this weight type (Q4_1, BF16, ...) / SIMD level (scalar, avx2, avx512) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cpu_pool.h"
+#include "dtype.h"
+#include "ops.h"
+
+#define COLD_BYTES (512u << 20) /* total weights cycled through for "cold" figures */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- memory bandwidth: streaming reads (what a GEMV does) and memcpy ---- */
+
+typedef struct bw_job {
+    const uint64_t *src;
+    uint64_t *dst;
+    uint64_t sums[64];
+} bw_job;
+
+static void bw_read(void *arg, int64_t b, int64_t e, int thread) {
+    bw_job *j = arg;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = b; i < e; i += 4) {
+        s0 += j->src[i], s1 += j->src[i + 1], s2 += j->src[i + 2], s3 += j->src[i + 3];
+    }
+    j->sums[thread & 63] += s0 + s1 + s2 + s3;
+}
+
+static void bw_copy(void *arg, int64_t b, int64_t e, int thread) {
+    bw_job *j = arg;
+    memcpy(j->dst + b, j->src + b, (size_t)(e - b) * 8);
+}
+
+static void bench_bandwidth(cpu_pool *pool, int nt) {
+    size_t words = COLD_BYTES / 8;
+    uint64_t *src = malloc(COLD_BYTES), *dst = malloc(COLD_BYTES);
+    for (size_t i = 0; i < words; i++) src[i] = i, dst[i] = 0;
+    bw_job j = {src, dst, {0}};
+    int64_t grain = (int64_t)words / (4 * nt);
+    double best_read = 1e9, best_copy = 1e9;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        cpu_pool_run(pool, bw_read, &j, (int64_t)words, grain);
+        double t1 = now_s();
+        cpu_pool_run(pool, bw_copy, &j, (int64_t)words, grain);
+        double t2 = now_s();
+        best_read = t1 - t0 < best_read ? t1 - t0 : best_read;
+        best_copy = t2 - t1 < best_copy ? t2 - t1 : best_copy;
+    }
+    printf("memory, %d thread%s: read %.1f GB/s, memcpy %.1f GB/s (read + write)\n", nt,
+           nt > 1 ? "s" : "", COLD_BYTES / best_read / 1e9, 2.0 * COLD_BYTES / best_copy / 1e9);
+    free(src);
+    free(dst);
+}
+
+/* ---- GEMV / GEMM ---- */
+
+static void fill_weight(dtype type, uint8_t *p, size_t bytes) {
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < bytes; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        p[i] = (uint8_t)x;
+    }
+    /* sane scales (random bytes could be fp16 NaNs): the speed does not depend on them, but
+     * NaN arithmetic can be slow on some CPUs */
+    if (dtype_is_quantized(type)) {
+        size_t bb = dtype_block_bytes(type);
+        for (size_t b = 0; b + bb <= bytes; b += bb) {
+            uint16_t d = f32_to_fp16(0.01f);
+            memcpy(p + b, &d, 2);
+            if (type == DTYPE_Q4_1) memcpy(p + b + 2, &d, 2);
+        }
+    } else if (type != DTYPE_F32) {
+        for (size_t i = 0; i + 2 <= bytes; i += 2) {
+            uint16_t h = type == DTYPE_F16 ? f32_to_fp16(0.5f) : f32_to_bf16(0.5f);
+            memcpy(p + i, &h, 2);
+        }
+    } else {
+        for (size_t i = 0; i + 4 <= bytes; i += 4) {
+            float f = 0.5f;
+            memcpy(p + i, &f, 4);
+        }
+    }
+}
+
+static void bench_matmul(kernel_ops *k, dtype type, int64_t rows, int64_t cols, int n, bool cold) {
+    size_t row_bytes = dtype_row_bytes(type, cols), mat = rows * row_bytes;
+    int copies = cold ? (int)(COLD_BYTES / mat) + 1 : 1;
+    uint8_t *data = malloc(mat * copies);
+    fill_weight(type, data, mat * copies);
+    float *x = malloc((size_t)n * cols * sizeof *x), *out = malloc((size_t)n * rows * sizeof *out);
+    for (int64_t i = 0; i < n * cols; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+    kernel_weight w = {type, rows, cols, data, row_bytes};
+    kernel_reserve(k, n, cols, NULL);
+    kernel_matmul(k, out, x, &w, n); /* warm up: pool, scratch, page faults of the copy */
+    double best = 1e9;
+    for (int rep = 0; rep < 5; rep++) {
+        int iters = 0;
+        double t0 = now_s(), t;
+        do {
+            w.data = data + (size_t)(iters % copies) * mat;
+            kernel_matmul(k, out, x, &w, n);
+            iters++;
+            t = now_s() - t0;
+        } while (t < 0.05 || iters < copies);
+        best = t / iters < best ? t / iters : best;
+    }
+    if (n == 1)
+        printf("  %-5s %5lld x %-5lld %s: %7.1f us  %6.1f GB/s\n", dtype_name(type),
+               (long long)rows, (long long)cols, cold ? "cold" : "hot ", best * 1e6,
+               mat / best / 1e9);
+    else
+        printf("  %-5s %5lld x %-5lld n=%d: %7.1f us  %6.1f GFLOP/s\n", dtype_name(type),
+               (long long)rows, (long long)cols, n, best * 1e6, 2.0 * rows * cols * n / best / 1e9);
+    free(data);
+    free(x);
+    free(out);
+}
+
+int main(int argc, char **argv) {
+    int max_threads = argc > 1 ? atoi(argv[1]) : 2;
+    if (max_threads < 1) max_threads = 1;
+    const char *only_type = argc > 2 ? argv[2] : NULL, *only_level = argc > 3 ? argv[3] : NULL;
+    printf("bench_kernels: %d online CPUs, best SIMD level %s\n", cpu_count_online(),
+           kernel_simd_name(kernel_cpu_simd_best()));
+    for (int nt = 1; nt <= max_threads; nt++) {
+        cpu_pool *pool = cpu_pool_create(nt, NULL);
+        bench_bandwidth(pool, nt);
+        cpu_pool_free(pool);
+    }
+    static const dtype types[] = {DTYPE_Q4_1, DTYPE_Q8_0, DTYPE_Q4_0,
+                                  DTYPE_BF16, DTYPE_F16,  DTYPE_F32};
+    static const int64_t shapes[][2] = {{1536, 576}, {576, 1536}, {4096, 4096}};
+    for (int s = KERNEL_SIMD_SCALAR; s < KERNEL_SIMD_COUNT; s++) {
+        if (!kernel_cpu_simd_supported((kernel_simd)s)) continue;
+        if (only_level && strcmp(only_level, kernel_simd_name((kernel_simd)s)) != 0) continue;
+        for (int nt = 1; nt <= max_threads; nt++) {
+            cinder_error err;
+            kernel_ops *k = kernel_cpu_create_simd(nt, (kernel_simd)s, &err);
+            if (!k) {
+                fprintf(stderr, "%s\n", err.msg);
+                return 1;
+            }
+            printf("%s, %d thread%s: GEMV (decode, one token)\n", k->name, nt, nt > 1 ? "s" : "");
+            for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+                if (only_type && strcmp(only_type, dtype_name(types[t])) != 0) continue;
+                if (!only_type && s == KERNEL_SIMD_SCALAR && t >= 4) break; /* a few suffice */
+                for (size_t sh = 0; sh < 3; sh++) {
+                    bench_matmul(k, types[t], shapes[sh][0], shapes[sh][1], 1, true);
+                    if (sh < 2) bench_matmul(k, types[t], shapes[sh][0], shapes[sh][1], 1, false);
+                }
+            }
+            printf("%s, %d thread%s: GEMM (prefill, 64 tokens)\n", k->name, nt, nt > 1 ? "s" : "");
+            for (size_t t = 0; t < 4; t++)
+                if (!only_type || strcmp(only_type, dtype_name(types[t])) == 0)
+                    bench_matmul(k, types[t], 1536, 576, 64, false);
+            kernel_ops_free(k);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,405 @@
+/* cpu_ops.c - the CPU backend: the kernel_ops table, its context (thread pool, SIMD level,
+ * scratch) and the threading around the per-level kernels.
+ *
+ * Work is split over output rows for matmuls and over tokens for the rest; every output is
+ * computed by exactly one thread with the same arithmetic whatever the split, so results do
+ * not depend on the thread count. Small ops run on the calling thread: waking the pool costs
+ * a few microseconds, more than normalizing one 576-wide token. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_attention.h"
+#include "cpu_pool.h"
+#include "cpu_simd.h"
+#include "log.h"
+
+#ifdef CPU_SIMD_X86
+#include <cpuid.h>
+#endif
+
+/* Ops with fewer values than this per call run on one thread. */
+#define CPU_PARALLEL_MIN 16384
+/* The longest rope_dim rope() takes (its cos/sin tables live on the stack). */
+#define CPU_ROPE_MAX_DIM 1024
+
+typedef struct cpu_ctx {
+    kernel_ops ops;
+    cpu_pool *pool;
+    const cpu_simd_table *simd;
+    cpu_block_q8 *q8; /* quantized activations of the current matmul */
+    size_t q8_cap;    /* blocks */
+    cpu_attn_scratch attn;
+} cpu_ctx;
+
+/* ---- SIMD level ---- */
+
+#ifdef CPU_SIMD_X86
+/* F16C by CPUID (leaf 1, ECX bit 29): clang's __builtin_cpu_supports does not know "f16c". */
+static bool cpu_has_f16c(void) {
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+}
+#endif
+
+bool kernel_cpu_simd_supported(kernel_simd simd) {
+    switch (simd) {
+        case KERNEL_SIMD_AUTO:
+        case KERNEL_SIMD_SCALAR:
+            return true;
+#ifdef CPU_SIMD_X86
+        case KERNEL_SIMD_AVX2:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   cpu_has_f16c();
+        case KERNEL_SIMD_AVX512:
+            return kernel_cpu_simd_supported(KERNEL_SIMD_AVX2) &&
+                   __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+        default:
+            return false;
+    }
+}
+
+kernel_simd kernel_cpu_simd_best(void) {
+    if (kernel_cpu_simd_supported(KERNEL_SIMD_AVX512)) return KERNEL_SIMD_AVX512;
+    if (kernel_cpu_simd_supported(KERNEL_SIMD_AVX2)) return KERNEL_SIMD_AVX2;
+    return KERNEL_SIMD_SCALAR;
+}
+
+static const cpu_simd_table *cpu_simd_table_for(kernel_simd simd) {
+    switch (simd) {
+#ifdef CPU_SIMD_X86
+        case KERNEL_SIMD_AVX2:
+            return &cpu_simd_avx2;
+        case KERNEL_SIMD_AVX512:
+            return &cpu_simd_avx512;
+#endif
+        default:
+            return &cpu_simd_scalar;
+    }
+}
+
+/* ---- scratch ---- */
+
+static cinder_status cpu_q8_reserve(cpu_ctx *c, size_t blocks, cinder_error *err) {
+    if (blocks <= c->q8_cap) return CINDER_OK;
+    cpu_block_q8 *p = aligned_alloc(64, (blocks * sizeof *p + 63) & ~(size_t)63);
+    if (!p)
+        return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for %zu activation blocks",
+                                blocks);
+    free(c->q8);
+    c->q8 = p;
+    c->q8_cap = blocks;
+    return CINDER_OK;
+}
+
+static cinder_status cpu_reserve(void *ctx, int max_tokens, int64_t max_cols, cinder_error *err) {
+    if (max_tokens < 0 || max_cols < 0)
+        return cinder_error_set(err, CINDER_ERR_ARG, "reserve: %d tokens of %lld columns",
+                                max_tokens, (long long)max_cols);
+    return cpu_q8_reserve(ctx, (size_t)max_tokens * (size_t)((max_cols + QK - 1) / QK), err);
+}
+
+static bool cpu_supports(void *ctx, dtype type) {
+    return (unsigned)type < DTYPE_COUNT;
+}
+
+/* ---- embed ---- */
+
+static void cpu_embed(void *ctx, float *out, const kernel_weight *table, const int32_t *ids,
+                      int n) {
+    for (int i = 0; i < n; i++) {
+        CN_ASSERT(ids[i] >= 0 && ids[i] < table->rows);
+        const uint8_t *row = (const uint8_t *)table->data + (size_t)ids[i] * table->row_bytes;
+        dtype_to_f32(table->type, row, out + (int64_t)i * table->cols, table->cols);
+    }
+}
+
+/* ---- rmsnorm ---- */
+
+typedef struct rmsnorm_job {
+    float *out;
+    const float *x, *weight;
+    int d;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_rows(void *arg, int64_t t0, int64_t t1, int thread) {
+    const rmsnorm_job *j = arg;
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x = j->x + t * j->d;
+        float *out = j->out + t * j->d;
+        /* in double: d = 8192 squares of activations in the hundreds lose bits in float */
+        double ss = 0;
+        for (int i = 0; i < j->d; i++) ss += (double)x[i] * x[i];
+        float scale = (float)(1.0 / sqrt(ss / j->d + j->eps));
+        for (int i = 0; i < j->d; i++) out[i] = x[i] * scale * j->weight[i];
+    }
+}
+
+static void cpu_rmsnorm(void *ctx, float *out, const float *x, const float *weight, int n, int d,
+                        float eps) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT(n >= 0 && d > 0);
+    rmsnorm_job j = {out, x, weight, d, eps};
+    int64_t grain = (int64_t)n * d < CPU_PARALLEL_MIN ? n : 1 + CPU_PARALLEL_MIN / (4 * d);
+    cpu_pool_run(c->pool, rmsnorm_rows, &j, n, grain);
+}
+
+/* ---- rope ---- */
+
+typedef struct rope_job {
+    float *x;
+    const int32_t *pos;
+    int n_heads, head_dim, rope_dim;
+    rope_layout layout;
+    const float *inv_freq;
+} rope_job;
+
+static void rope_rows(void *arg, int64_t t0, int64_t t1, int thread) {
+    const rope_job *j = arg;
+    const int half = j->rope_dim / 2;
+    float cs[CPU_ROPE_MAX_DIM / 2], sn[CPU_ROPE_MAX_DIM / 2];
+    for (int64_t t = t0; t < t1; t++) {
+        /* angles in double: pos * inv_freq reaches thousands of radians, where a float angle
+         * is off by ~1e-4 */
+        for (int i = 0; i < half; i++) {
+            double angle = (double)j->pos[t] * j->inv_freq[i];
+            cs[i] = (float)cos(angle);
+            sn[i] = (float)sin(angle);
+        }
+        for (int h = 0; h < j->n_heads; h++) {
+            float *v = j->x + (t * j->n_heads + h) * j->head_dim;
+            /* pair i is (v[ia], v[ib]) */
+            int step = j->layout == ROPE_LAYOUT_INTERLEAVED ? 2 : 1;
+            int off = j->layout == ROPE_LAYOUT_INTERLEAVED ? 1 : half;
+            for (int i = 0; i < half; i++) {
+                float a = v[i * step], b = v[i * step + off];
+                v[i * step] = a * cs[i] - b * sn[i];
+                v[i * step + off] = a * sn[i] + b * cs[i];
+            }
+        }
+    }
+}
+
+static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+                     int rope_dim, rope_layout layout, const float *inv_freq) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT(n >= 0 && n_heads > 0 && rope_dim > 0 && rope_dim % 2 == 0);
+    CN_ASSERT(rope_dim <= head_dim && rope_dim <= CPU_ROPE_MAX_DIM);
+    CN_ASSERT(layout == ROPE_LAYOUT_INTERLEAVED || layout == ROPE_LAYOUT_HALF);
+    rope_job j = {x, pos, n_heads, head_dim, rope_dim, layout, inv_freq};
+    int64_t per_token = (int64_t)n_heads * head_dim;
+    int64_t grain = n * per_token < CPU_PARALLEL_MIN ? n : 1 + CPU_PARALLEL_MIN / (4 * per_token);
+    cpu_pool_run(c->pool, rope_rows, &j, n, grain);
+}
+
+/* ---- matmul ---- */
+
+typedef struct quantize_job {
+    const cpu_simd_table *simd;
+    const float *x;
+    cpu_block_q8 *q8;
+    int64_t cols;
+} quantize_job;
+
+static void quantize_rows(void *arg, int64_t t0, int64_t t1, int thread) {
+    const quantize_job *j = arg;
+    for (int64_t t = t0; t < t1; t++)
+        j->simd->quantize_q8(j->x + t * j->cols, j->q8 + t * (j->cols / QK), j->cols);
+}
+
+typedef struct gemm_job {
+    cpu_gemm_fn fn;
+    cpu_gemm_args args;
+} gemm_job;
+
+static void gemm_rows(void *arg, int64_t r0, int64_t r1, int thread) {
+    const gemm_job *j = arg;
+    j->fn(&j->args, r0, r1);
+}
+
+static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weight *w, int n) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT(n >= 0 && w->rows > 0 && w->cols > 0 && (unsigned)w->type < DTYPE_COUNT);
+    if (n == 0) return;
+    const void *act = x;
+    if (dtype_is_quantized(w->type)) {
+        CN_ASSERT(w->cols % QK == 0);
+        size_t blocks = (size_t)n * (size_t)(w->cols / QK);
+        if (blocks > c->q8_cap) {
+            /* Outside the steady state (kernel_reserve sizes this once); failing to find a
+             * few kilobytes of scratch mid-step leaves nothing sensible to do. */
+            LOG_DEBUG("growing activation scratch to %zu blocks", blocks);
+            cinder_error err;
+            if (cpu_q8_reserve(c, blocks, &err) != CINDER_OK) CN_ABORT("%s", err.msg);
+        }
+        quantize_job q = {c->simd, x, c->q8, w->cols};
+        int64_t grain = (int64_t)n * w->cols < CPU_PARALLEL_MIN ? n : 4;
+        cpu_pool_run(c->pool, quantize_rows, &q, n, grain);
+        act = c->q8;
+    }
+    gemm_job j = {c->simd->gemm[w->type], {w, act, out, n}};
+    /* Ranges of rows: about 4 per thread to even out uneven threads, but at least 16 rows
+     * (even, for the 2- and 4-row tiles), so a range's weights are worth a pool hand-off. */
+    int nt = cpu_pool_n_threads(c->pool);
+    int64_t grain = (w->rows + 4 * nt - 1) / (4 * nt);
+    grain = grain < 16 ? 16 : (grain + 3) & ~(int64_t)3;
+    cpu_pool_run(c->pool, gemm_rows, &j, w->rows, grain);
+}
+
+/* ---- element-wise ---- */
+
+typedef struct swiglu_job {
+    float *out;
+    const float *gate, *up;
+} swiglu_job;
+
+static void swiglu_range(void *arg, int64_t i0, int64_t i1, int thread) {
+    const swiglu_job *j = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        float g = j->gate[i];
+        j->out[i] = g / (1.0f + expf(-g)) * j->up[i];
+    }
+}
+
+static void cpu_swiglu(void *ctx, float *out, const float *gate, const float *up, int n, int f) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT(n >= 0 && f >= 0);
+    swiglu_job j = {out, gate, up};
+    cpu_pool_run(c->pool, swiglu_range, &j, (int64_t)n * f, CPU_PARALLEL_MIN);
+}
+
+typedef struct add_job {
+    float *out;
+    const float *a, *b;
+} add_job;
+
+static void add_range(void *arg, int64_t i0, int64_t i1, int thread) {
+    const add_job *j = arg;
+    for (int64_t i = i0; i < i1; i++) j->out[i] = j->a[i] + j->b[i];
+}
+
+static void cpu_add(void *ctx, float *out, const float *a, const float *b, int64_t count) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT(count >= 0);
+    add_job j = {out, a, b};
+    /* memory-bound: more threads only help on large batches */
+    cpu_pool_run(c->pool, add_range, &j, count, 4 * CPU_PARALLEL_MIN);
+}
+
+static void cpu_softmax(void *ctx, float *x, int n, int d) {
+    CN_ASSERT(n >= 0 && d > 0);
+    for (int t = 0; t < n; t++) {
+        float *v = x + (int64_t)t * d, max = v[0];
+        for (int i = 1; i < d; i++) max = v[i] > max ? v[i] : max;
+        double sum = 0;
+        for (int i = 0; i < d; i++) {
+            v[i] = expf(v[i] - max);
+            sum += v[i];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < d; i++) v[i] *= inv;
+    }
+}
+
+static void cpu_argmax(void *ctx, int32_t *out, const float *x, int n, int d) {
+    CN_ASSERT(n >= 0 && d > 0);
+    for (int t = 0; t < n; t++) {
+        const float *v = x + (int64_t)t * d;
+        int best = 0;
+        for (int i = 1; i < d; i++)
+            if (v[i] > v[best] || (isnan(v[best]) && !isnan(v[i]))) best = i;
+        out[t] = best;
+    }
+}
+
+static void cpu_kv_write_op(void *ctx, const kernel_kv_layer *kv, const float *k, const float *v,
+                            const int32_t *slots, int n) {
+    cpu_kv_write(((cpu_ctx *)ctx)->pool, kv, k, v, slots, n);
+}
+
+static void cpu_attention_op(void *ctx, float *out, const float *q, const kernel_kv_layer *kv,
+                             const kernel_attn_seq *seqs, int n_seqs, int n_heads, float scale,
+                             int window) {
+    cpu_ctx *c = ctx;
+    cpu_attention(c->pool, &c->attn, out, q, kv, seqs, n_seqs, n_heads, scale, window);
+}
+
+/* ---- creation ---- */
+
+static void cpu_destroy(kernel_ops *ops) {
+    if (!ops) return;
+    cpu_ctx *c = ops->ctx;
+    cpu_pool_free(c->pool);
+    cpu_attn_scratch_free(&c->attn);
+    free(c->q8);
+    free(c);
+}
+
+kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table, cinder_error *err) {
+    if (n_threads < 0) {
+        cinder_error_set(err, CINDER_ERR_ARG, "%d threads", n_threads);
+        return NULL;
+    }
+    if (n_threads == 0) n_threads = cpu_count_online();
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for the CPU backend");
+        return NULL;
+    }
+    c->simd = table;
+    c->pool = cpu_pool_create(n_threads, err);
+    if (!c->pool) goto fail;
+    c->ops = (kernel_ops){
+        .name = table->name,
+        .ctx = c,
+        .reserve = cpu_reserve,
+        .supports = cpu_supports,
+        .embed = cpu_embed,
+        .rmsnorm = cpu_rmsnorm,
+        .rope = cpu_rope,
+        .matmul = cpu_matmul,
+        .swiglu = cpu_swiglu,
+        .add = cpu_add,
+        .softmax = cpu_softmax,
+        .argmax = cpu_argmax,
+        .kv_write = cpu_kv_write_op,
+        .attention = cpu_attention_op,
+        .destroy = cpu_destroy,
+    };
+    LOG_DEBUG("%s backend, %d threads", table->name, n_threads);
+    return &c->ops;
+fail:
+    free(c);
+    return NULL;
+}
+
+kernel_ops *kernel_cpu_create_simd(int n_threads, kernel_simd simd, cinder_error *err) {
+    if (simd == KERNEL_SIMD_AUTO) {
+        simd = kernel_cpu_simd_best();
+        const char *env = getenv("CINDER_SIMD");
+        if (env && *env) {
+            kernel_simd forced = KERNEL_SIMD_COUNT;
+            for (int s = KERNEL_SIMD_SCALAR; s < KERNEL_SIMD_COUNT; s++)
+                if (strcmp(env, kernel_simd_name((kernel_simd)s)) == 0) forced = (kernel_simd)s;
+            if (forced == KERNEL_SIMD_COUNT) {
+                cinder_error_set(err, CINDER_ERR_ARG,
+                                 "CINDER_SIMD=%s: expected scalar, avx2 or avx512", env);
+                return NULL;
+            }
+            simd = forced;
+        }
+    }
+    if ((unsigned)simd >= KERNEL_SIMD_COUNT || !kernel_cpu_simd_supported(simd)) {
+        cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "this CPU cannot run the %s kernels",
+                         kernel_simd_name(simd));
+        return NULL;
+    }
+    return cpu_ops_create_table(n_threads, cpu_simd_table_for(simd), err);
+}
+
+kernel_ops *kernel_cpu_create(int n_threads, cinder_error *err) {
+    return kernel_cpu_create_simd(n_threads, KERNEL_SIMD_AUTO, err);
+}

@@ -1,0 +1,256 @@
+/* cpu_simd_avx2.c - AVX2 + FMA + F16C kernels.
+ *
+ * The whole file is compiled for that target (the pragma below) without -mavx2 on the command
+ * line, so the library runs anywhere and this code is only reached when cpu_ops.c has checked
+ * the CPU. Quantized dot products use the maddubs trick (u8 x s8 pairs summed to i16, then
+ * pairs of i16 to i32): exact here, since |pair sum| <= 2 * 128 * 127 < 32767. */
+#include <string.h>
+
+#include "cpu_simd.h"
+
+#ifdef CPU_SIMD_X86
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#include <immintrin.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE float load_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+void cpu_quantize_q8_avx2(const float *x, cpu_block_q8 *y, int64_t k) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    /* packs works within 128-bit lanes; this puts the four 8-value groups back in order */
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < k / QK; b++, x += QK) {
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+        __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+        __m256 m =
+            _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, abs_mask), _mm256_and_ps(v1, abs_mask)),
+                          _mm256_max_ps(_mm256_and_ps(v2, abs_mask), _mm256_and_ps(v3, abs_mask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        /* the same arithmetic as cpu_quantize_q8_scalar, so the blocks are identical */
+        float d = amax / 127.0f, id = amax != 0 ? 127.0f / amax : 0.0f;
+        __m256 idv = _mm256_set1_ps(id);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, idv));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, idv));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, idv));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, idv));
+        __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        _mm256_storeu_si256((__m256i *)y[b].qs, _mm256_permutevar8x32_epi32(q, perm));
+        y[b].d = d;
+        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+/* ---- float weights ---- */
+
+/* 8 weights from row at element k, as floats. */
+INLINE __m256 load_w8(dtype type, const uint8_t *row, int64_t k) {
+    if (type == DTYPE_F32) return _mm256_loadu_ps((const float *)row + k);
+    __m128i h = _mm_loadu_si128((const __m128i *)(row + 2 * k));
+    if (type == DTYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
+INLINE float load_w1(dtype type, const uint8_t *row, int64_t k) {
+    uint16_t h;
+    if (type == DTYPE_F32) {
+        float f;
+        memcpy(&f, row + 4 * k, 4);
+        return f;
+    }
+    memcpy(&h, row + 2 * k, 2);
+    return type == DTYPE_F16 ? _cvtsh_ss(h) : bf16_to_f32(h);
+}
+
+INLINE void tile_float(const cpu_gemm_args *a, dtype type, int64_t r, int NR, int t, int NT) {
+    const kernel_weight *w = a->w;
+    const int64_t cols = w->cols, cols8 = cols & ~(int64_t)7;
+    const float *x = (const float *)a->x + (int64_t)t * cols;
+    const int64_t esize = type == DTYPE_F32 ? 4 : 2;
+    const uint8_t *row[4];
+    __m256 acc[4][4];
+    float tail[4][4];
+    for (int i = 0; i < NR; i++) {
+        row[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps(), tail[i][j] = 0;
+    }
+    for (int64_t k = 0; k < cols8; k += 8) {
+        __m256 wv[4];
+        for (int i = 0; i < NR; i++) {
+            _mm_prefetch((const char *)row[i] + NR * w->row_bytes + k * esize, _MM_HINT_T0);
+            wv[i] = load_w8(type, row[i], k);
+        }
+        for (int j = 0; j < NT; j++) {
+            __m256 xv = _mm256_loadu_ps(x + j * cols + k);
+            for (int i = 0; i < NR; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    for (int64_t k = cols8; k < cols; k++)
+        for (int i = 0; i < NR; i++)
+            for (int j = 0; j < NT; j++) tail[i][j] += load_w1(type, row[i], k) * x[j * cols + k];
+    for (int i = 0; i < NR; i++)
+        for (int j = 0; j < NT; j++)
+            a->out[(t + j) * w->rows + r + i] = hsum8(acc[i][j]) + tail[i][j];
+}
+
+#define TILE_F32(a, r, NR, t, NT)  tile_float(a, DTYPE_F32, r, NR, t, NT)
+#define TILE_F16(a, r, NR, t, NT)  tile_float(a, DTYPE_F16, r, NR, t, NT)
+#define TILE_BF16(a, r, NR, t, NT) tile_float(a, DTYPE_BF16, r, NR, t, NT)
+
+static void gemm_f32(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_F32, a, r0, r1);
+}
+static void gemm_f16(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_F16, a, r0, r1);
+}
+static void gemm_bf16(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_BF16, a, r0, r1);
+}
+
+/* ---- quantized weights x 8-bit activations ---- */
+
+/* Sums of 4 adjacent u8 x s8 products: 8 x i32. */
+INLINE __m256i dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* The same for s8 x s8: move a's sign onto b (|a| x sign(a)·b, zero where a is). */
+INLINE __m256i dot_s8s8(__m256i a, __m256i b) {
+    return dot_u8s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+/* The 32 4-bit values of a Q4_0/Q4_1 block as bytes, low nibbles (values 0-15) in the low
+ * half: the 16 bytes loaded into both halves, the high half shifted right by 4 (64-bit
+ * shifts: what crosses into a byte from its neighbour lands in the high nibble, masked off). */
+INLINE __m256i load_nibbles(const uint8_t *qs) {
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+/* One tile of a quantized matmul. Per block b, row i, token j, with isum the integer dot
+ * product of the weight's and the activation's 8-bit values and ys the activation's sums
+ * by groups of four (as floats, lane by lane: they add up to sum(q_x)):
+ *   Q8_0: acc += isum · (d_w·d_x)
+ *   Q4_0: acc += (isum - 8·ys) · (d_w·d_x)     isum over the unsigned nibbles; exact
+ *   Q4_1: acc += (isum·d_w + m_w·ys) · d_x     the offset m_w rides in the same vector
+ * ys and d_x depend on the token only, so they are computed once per block for all rows. */
+INLINE void tile_quant(const cpu_gemm_args *a, dtype type, int64_t r, int NR, int t, int NT) {
+    const kernel_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const size_t bb = type == DTYPE_Q8_0   ? sizeof(block_q8_0)
+                      : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
+                                           : sizeof(block_q4_0);
+    const cpu_block_q8 *x = (const cpu_block_q8 *)a->x + t * nb;
+    const uint8_t *row[4];
+    __m256 acc[4][4];
+    for (int i = 0; i < NR; i++) {
+        row[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i xq[4];
+        __m256 dx[4], ys[4];
+        for (int j = 0; j < NT; j++) {
+            const cpu_block_q8 *xb = x + j * nb + b;
+            xq[j] = _mm256_loadu_si256((const __m256i *)xb->qs);
+            dx[j] = _mm256_broadcast_ss(&xb->d);
+            if (type != DTYPE_Q8_0)
+                ys[j] = _mm256_cvtepi32_ps(dot_u8s8(_mm256_set1_epi8(1), xq[j]));
+        }
+        for (int i = 0; i < NR; i++) {
+            const uint8_t *blk = row[i] + b * bb;
+            _mm_prefetch((const char *)blk + NR * w->row_bytes, _MM_HINT_T0);
+            if (type == DTYPE_Q8_0) {
+                __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                __m256 dw = _mm256_set1_ps(load_f16(blk));
+                for (int j = 0; j < NT; j++)
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8s8(wq, xq[j])),
+                                                _mm256_mul_ps(dw, dx[j]), acc[i][j]);
+            } else if (type == DTYPE_Q4_0) {
+                __m256i wq = load_nibbles(blk + 2);
+                __m256 dw = _mm256_set1_ps(load_f16(blk)), m8 = _mm256_set1_ps(-8.0f);
+                for (int j = 0; j < NT; j++) {
+                    __m256 v = _mm256_fmadd_ps(m8, ys[j], _mm256_cvtepi32_ps(dot_u8s8(wq, xq[j])));
+                    acc[i][j] = _mm256_fmadd_ps(v, _mm256_mul_ps(dw, dx[j]), acc[i][j]);
+                }
+            } else {
+                __m256i wq = load_nibbles(blk + 4);
+                uint32_t dm_bits;
+                memcpy(&dm_bits, blk, 4);
+                __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm_bits)); /* d, m */
+                __m256 dw = _mm256_broadcastss_ps(dm);
+                __m256 mw = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                for (int j = 0; j < NT; j++) {
+                    __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(wq, xq[j])), dw,
+                                               _mm256_mul_ps(mw, ys[j]));
+                    acc[i][j] = _mm256_fmadd_ps(v, dx[j], acc[i][j]);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < NR; i++)
+        for (int j = 0; j < NT; j++) a->out[(t + j) * w->rows + r + i] = hsum8(acc[i][j]);
+}
+
+#define TILE_Q8_0(a, r, NR, t, NT) tile_quant(a, DTYPE_Q8_0, r, NR, t, NT)
+#define TILE_Q4_0(a, r, NR, t, NT) tile_quant(a, DTYPE_Q4_0, r, NR, t, NT)
+#define TILE_Q4_1(a, r, NR, t, NT) tile_quant(a, DTYPE_Q4_1, r, NR, t, NT)
+
+static void gemm_q8_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_Q8_0, a, r0, r1);
+}
+static void gemm_q4_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_Q4_0, a, r0, r1);
+}
+static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_Q4_1, a, r0, r1);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const cpu_simd_table cpu_simd_avx2 = {
+    .name = "cpu-avx2",
+    .level = KERNEL_SIMD_AVX2,
+    .quantize_q8 = cpu_quantize_q8_avx2,
+    .gemm =
+        {
+            [DTYPE_F32] = gemm_f32,
+            [DTYPE_F16] = gemm_f16,
+            [DTYPE_BF16] = gemm_bf16,
+            [DTYPE_Q8_0] = gemm_q8_0,
+            [DTYPE_Q4_0] = gemm_q4_0,
+            [DTYPE_Q4_1] = gemm_q4_1,
+        },
+};
+
+#endif /* CPU_SIMD_X86 */

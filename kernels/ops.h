@@ -1,0 +1,232 @@
+/* ops.h - the kernel op interface the executor calls for every op, whatever runs it.
+ *
+ * A backend is a struct of function pointers plus a context (like a ggml backend): the CPU one
+ * comes from kernel_cpu_create() (kernels/cpu/), a CUDA one will follow. The executor calls
+ * ops through the kernel_* wrappers at the bottom of this file and never knows which backend
+ * it holds.
+ *
+ * Conventions shared by every op:
+ *   - activations are F32 and token-major: a batch of n tokens of width d is [n, d], row after
+ *     row, no padding; n is the flattened batch of every sequence in a step;
+ *   - weights are 2-D kernel_weight views [rows, cols] (rows = output features, each row
+ *     contiguous), of any dtype in common/dtype.h, read in place from the mapped model file;
+ *   - an op returns when its output is written (the CPU backend is synchronous);
+ *   - shapes and arguments are the executor's business: a wrong shape, a NULL pointer or a
+ *     token id outside the table is a bug and aborts (CN_ASSERT), it is not a runtime status.
+ *     What a file or a user can get wrong (a weight type a backend lacks) is checked once at
+ *     load time with kernel_supports();
+ *   - nothing is allocated per call on the steady state: scratch lives in the backend's context,
+ *     sized by kernel_reserve() (or grown on first use, then kept);
+ *   - one caller at a time: a backend context is not re-entrant (it owns a thread pool and
+ *     scratch); give each executor its own.
+ *
+ * Outputs may not alias inputs unless the op says so. */
+#ifndef CINDER_KERNELS_OPS_H
+#define CINDER_KERNELS_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "model.h" /* model_tensor, model_config, rope_layout, rope_scaling_type: types only */
+#include "status.h"
+
+/* A 2-D weight [rows, cols], row-major: row r starts at (const uint8_t *)data + r * row_bytes.
+ * For quantized types cols is a multiple of QK (32) and a row is cols / 32 blocks. A view
+ * of a range of rows (a tensor-parallel shard, one expert) is the same struct with data
+ * moved and rows reduced. */
+typedef struct kernel_weight {
+    dtype type;
+    int64_t rows, cols;
+    const void *data;
+    size_t row_bytes; /* dtype_row_bytes(type, cols) for a dense tensor */
+} kernel_weight;
+
+/* A view of a 1-D or 2-D tensor as a weight (a 1-D tensor is one row; a 3-D one is seen as
+ * [shape[0] * shape[1], shape[2]]). Fills err and returns CINDER_ERR_ARG when the tensor's
+ * row length does not fit its type's blocks or its byte count disagrees with its shape. */
+cinder_status kernel_weight_from_tensor(const model_tensor *t, kernel_weight *w, cinder_error *err);
+
+/* RoPE frequency scaling, as in Hugging Face's modeling_rope_utils. */
+typedef struct kernel_rope_scaling {
+    rope_scaling_type type; /* NONE, LINEAR, LLAMA3 supported; DYNAMIC, YARN not yet */
+    float factor;           /* LINEAR, LLAMA3 */
+    float low_freq_factor;  /* LLAMA3 */
+    float high_freq_factor; /* LLAMA3 */
+    int original_context;   /* LLAMA3: original_max_position_embeddings */
+} kernel_rope_scaling;
+
+/* The scaling a model's config asks for. */
+kernel_rope_scaling kernel_rope_scaling_from_config(const model_config *cfg);
+
+/* inv_freq[i] = theta^(-2i / rope_dim) for i < rope_dim / 2, then scaled (HF's
+ * _compute_default_rope_parameters / _linear_scaling / _llama3_parameters, computed in
+ * double and rounded to float). rope_dim is even. scaling may be NULL (none). Returns
+ * CINDER_ERR_UNSUPPORTED for dynamic NTK and YaRN, CINDER_ERR_ARG for bad parameters. */
+cinder_status kernel_rope_inv_freq(float *inv_freq, int rope_dim, float theta,
+                                   const kernel_rope_scaling *scaling, cinder_error *err);
+
+/* One layer's paged KV pool (worker/kv_cache.h owns the memory):
+ *   k, v: [n_blocks, n_kv_heads, block_size, head_dim] F32
+ * Position p of a sequence lives in block table[p / block_size], slot p % block_size. */
+typedef struct kernel_kv_layer {
+    float *k, *v;
+    int32_t n_blocks;
+    int block_size, n_kv_heads, head_dim;
+} kernel_kv_layer;
+
+/* One sequence of an attention call. Its n_q queries are rows [q_start, q_start + n_q) of
+ * the flattened batch and sit at positions [n_ctx - n_q, n_ctx); query i sees the keys at
+ * positions [0, n_ctx - n_q + i] (causal), minus those a sliding window leaves out. */
+typedef struct kernel_attn_seq {
+    int32_t q_start;
+    int32_t n_q;
+    int32_t n_ctx;
+    const int32_t *block_table; /* [ceil(n_ctx / block_size)] block ids */
+} kernel_attn_seq;
+
+/* The SIMD level of the CPU backend. */
+typedef enum kernel_simd {
+    KERNEL_SIMD_AUTO = 0, /* the best this CPU has, or the CINDER_SIMD environment variable */
+    KERNEL_SIMD_SCALAR,   /* portable C, always present: the reference */
+    KERNEL_SIMD_AVX2,     /* AVX2 + FMA + F16C */
+    KERNEL_SIMD_AVX512,   /* AVX-512 F/BW/VL + VNNI */
+    KERNEL_SIMD_COUNT,
+} kernel_simd;
+
+typedef struct kernel_ops kernel_ops;
+
+struct kernel_ops {
+    const char *name; /* "cpu-avx2", ... (for logs) */
+    void *ctx;        /* the backend's state, passed back as the first argument of every op */
+
+    /* Sizes scratch for matmuls of up to max_tokens tokens and max_cols input columns, so
+     * that the steady state never allocates. Optional: scratch also grows on first use. */
+    cinder_status (*reserve)(void *ctx, int max_tokens, int64_t max_cols, cinder_error *err);
+
+    /* Whether matmul and embed accept weights of this type. */
+    bool (*supports)(void *ctx, dtype type);
+
+    /* out[i, :] = dequantized table row ids[i].  out [n, table->cols], ids [n] in
+     * [0, table->rows). Any dtype. */
+    void (*embed)(void *ctx, float *out, const kernel_weight *table, const int32_t *ids, int n);
+
+    /* out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight.  out, x [n, d]; weight [d].
+     * out may alias x. */
+    void (*rmsnorm)(void *ctx, float *out, const float *x, const float *weight, int n, int d,
+                    float eps);
+
+    /* Rotates x in place.  x [n, n_heads, head_dim]; pos [n] (position of each token);
+     * inv_freq [rope_dim / 2] (kernel_rope_inv_freq). Only the first rope_dim (even,
+     * <= head_dim) values of each head rotate; pair i turns by pos * inv_freq[i]:
+     *   ROPE_LAYOUT_INTERLEAVED: (x[2i], x[2i + 1])
+     *   ROPE_LAYOUT_HALF:        (x[i], x[i + rope_dim / 2])
+     * as (a, b) -> (a cos - b sin, a sin + b cos). */
+    void (*rope)(void *ctx, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+                 int rope_dim, rope_layout layout, const float *inv_freq);
+
+    /* out = x · Wᵀ.  out [n, w->rows]; x [n, w->cols]. For quantized W the activations are
+     * quantized to 8 bits per value (blocks of 32 with an fp32 scale) before the integer dot
+     * products; for F32/F16/BF16 W they stay F32. Results do not depend on the thread count. */
+    void (*matmul)(void *ctx, float *out, const float *x, const kernel_weight *w, int n);
+
+    /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).  out, gate, up [n, f]; out may
+     * alias gate or up. */
+    void (*swiglu)(void *ctx, float *out, const float *gate, const float *up, int n, int f);
+
+    /* out = a + b over count values (the residual add); out may alias a or b. */
+    void (*add)(void *ctx, float *out, const float *a, const float *b, int64_t count);
+
+    /* Writes the K and V rows of n tokens into their slots (block * block_size + offset).
+     * k, v [n, n_kv_heads, head_dim]; slots [n]. */
+    void (*kv_write)(void *ctx, const kernel_kv_layer *kv, const float *k, const float *v,
+                     const int32_t *slots, int n);
+
+    /* Causal attention of every query over its sequence's paged K/V, flash style (tiles of
+     * keys, online softmax in F32, no score matrix), GQA: query head h reads KV head
+     * h / (n_heads / n_kv_heads).  out, q [n_tokens, n_heads, head_dim] (n_tokens = the sum of
+     * n_q); scale multiplies q·k (1/sqrt(head_dim)); window > 0 keeps only the last window
+     * positions up to each query's own (Mistral), 0 keeps all. */
+    void (*attention)(void *ctx, float *out, const float *q, const kernel_kv_layer *kv,
+                      const kernel_attn_seq *seqs, int n_seqs, int n_heads, float scale,
+                      int window);
+
+    /* Softmax of each row in place.  x [n, d]. */
+    void (*softmax)(void *ctx, float *x, int n, int d);
+
+    /* out[i] = index of the largest x[i, :] (the first one on ties; NaN never wins).
+     * x [n, d]; out [n]. */
+    void (*argmax)(void *ctx, int32_t *out, const float *x, int n, int d);
+
+    /* Frees the context and the struct. */
+    void (*destroy)(kernel_ops *ops);
+};
+
+/* The CPU backend: a persistent pool of n_threads threads (0: one per online CPU; the caller
+ * is one of them) and the SIMD level of KERNEL_SIMD_AUTO. Returns NULL and fills err on
+ * failure. */
+kernel_ops *kernel_cpu_create(int n_threads, cinder_error *err);
+/* Same with a chosen SIMD level; CINDER_ERR_UNSUPPORTED when this CPU lacks it. AUTO reads
+ * CINDER_SIMD (scalar|avx2|avx512) from the environment, else takes the best level. */
+kernel_ops *kernel_cpu_create_simd(int n_threads, kernel_simd simd, cinder_error *err);
+/* Whether this CPU (and this build) can run a level. SCALAR and AUTO: always. */
+bool kernel_cpu_simd_supported(kernel_simd simd);
+/* The best level this CPU supports. */
+kernel_simd kernel_cpu_simd_best(void);
+/* "scalar", "avx2", "avx512", "auto". */
+const char *kernel_simd_name(kernel_simd simd);
+
+/* Frees a backend; accepts NULL. */
+void kernel_ops_free(kernel_ops *ops);
+
+/* The executor's calls: one line each, so call sites read like the forward pass. */
+static inline cinder_status kernel_reserve(kernel_ops *k, int max_tokens, int64_t max_cols,
+                                           cinder_error *err) {
+    return k->reserve(k->ctx, max_tokens, max_cols, err);
+}
+static inline bool kernel_supports(kernel_ops *k, dtype type) {
+    return k->supports(k->ctx, type);
+}
+static inline void kernel_embed(kernel_ops *k, float *out, const kernel_weight *table,
+                                const int32_t *ids, int n) {
+    k->embed(k->ctx, out, table, ids, n);
+}
+static inline void kernel_rmsnorm(kernel_ops *k, float *out, const float *x, const float *weight,
+                                  int n, int d, float eps) {
+    k->rmsnorm(k->ctx, out, x, weight, n, d, eps);
+}
+static inline void kernel_rope(kernel_ops *k, float *x, const int32_t *pos, int n, int n_heads,
+                               int head_dim, int rope_dim, rope_layout layout,
+                               const float *inv_freq) {
+    k->rope(k->ctx, x, pos, n, n_heads, head_dim, rope_dim, layout, inv_freq);
+}
+static inline void kernel_matmul(kernel_ops *k, float *out, const float *x, const kernel_weight *w,
+                                 int n) {
+    k->matmul(k->ctx, out, x, w, n);
+}
+static inline void kernel_swiglu(kernel_ops *k, float *out, const float *gate, const float *up,
+                                 int n, int f) {
+    k->swiglu(k->ctx, out, gate, up, n, f);
+}
+static inline void kernel_add(kernel_ops *k, float *out, const float *a, const float *b,
+                              int64_t count) {
+    k->add(k->ctx, out, a, b, count);
+}
+static inline void kernel_kv_write(kernel_ops *k, const kernel_kv_layer *kv, const float *kr,
+                                   const float *vr, const int32_t *slots, int n) {
+    k->kv_write(k->ctx, kv, kr, vr, slots, n);
+}
+static inline void kernel_attention(kernel_ops *k, float *out, const float *q,
+                                    const kernel_kv_layer *kv, const kernel_attn_seq *seqs,
+                                    int n_seqs, int n_heads, float scale, int window) {
+    k->attention(k->ctx, out, q, kv, seqs, n_seqs, n_heads, scale, window);
+}
+static inline void kernel_softmax(kernel_ops *k, float *x, int n, int d) {
+    k->softmax(k->ctx, x, n, d);
+}
+static inline void kernel_argmax(kernel_ops *k, int32_t *out, const float *x, int n, int d) {
+    k->argmax(k->ctx, out, x, n, d);
+}
+
+#endif

@@ -1,0 +1,668 @@
+/* test_kernels_cpu.c - the CPU kernels against references computed here in double precision.
+ *
+ * Every op, every weight type, odd sizes, every SIMD level this CPU has (each compared with
+ * the references and with the scalar level), and 1, 2 and 3 threads giving identical bits.
+ *
+ * Built twice: as test_kernels_cpu, and with TEST_AVX512_EMULATED as
+ * test_kernels_avx512_emulated, which runs the matmul checks on the AVX-512 kernels compiled
+ * against SIMDe's emulation (the way to check that code on CPUs without AVX-512). */
+#include <math.h>
+#include <stdlib.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#include "cpu_pool.h"
+#include "cpu_simd.h"
+#include "dtype.h"
+#include "log.h"
+#include "ops.h"
+#include "test.h"
+
+#define U (1.0 / 16777216.0) /* fp32 unit roundoff, 2^-24 */
+
+/* ---- random data ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng_next(void) { /* splitmix64 */
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rng_uniform(float lo, float hi) {
+    return lo + (hi - lo) * (float)((rng_next() >> 40) * (1.0 / 16777216.0));
+}
+
+static void store_u16(uint8_t *p, uint16_t v) {
+    memcpy(p, &v, 2);
+}
+
+/* A random weight of any type and its dequantized copy. Quantized blocks get random bytes
+ * (every code, -128 included for Q8_0) and random scales of either sign, as real files have
+ * (ggml's Q4_0 scales are mostly negative). */
+typedef struct test_weight {
+    kernel_weight w;
+    uint8_t *data;
+    float *deq; /* [rows, cols] */
+} test_weight;
+
+static void weight_make(test_weight *tw, dtype type, int64_t rows, int64_t cols) {
+    size_t row_bytes = dtype_row_bytes(type, cols);
+    tw->data = malloc(rows * row_bytes);
+    tw->deq = malloc(rows * cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *row = tw->data + r * row_bytes;
+        if (type == DTYPE_F32 || type == DTYPE_F16 || type == DTYPE_BF16) {
+            for (int64_t k = 0; k < cols; k++) {
+                float v = rng_uniform(-1, 1);
+                if (type == DTYPE_F32) memcpy(row + 4 * k, &v, 4);
+                if (type == DTYPE_F16) store_u16(row + 2 * k, f32_to_fp16(v));
+                if (type == DTYPE_BF16) store_u16(row + 2 * k, f32_to_bf16(v));
+            }
+        } else {
+            size_t bb = dtype_block_bytes(type);
+            for (int64_t b = 0; b < cols / QK; b++) {
+                uint8_t *blk = row + b * bb;
+                for (size_t i = 0; i < bb; i++) blk[i] = (uint8_t)rng_next();
+                float d = rng_uniform(0.002f, 0.05f) * (rng_next() & 1 ? -1 : 1);
+                if (type == DTYPE_Q8_0) d *= 0.1f;
+                store_u16(blk, f32_to_fp16(d));
+                if (type == DTYPE_Q4_1) store_u16(blk + 2, f32_to_fp16(rng_uniform(-0.3f, 0.3f)));
+            }
+        }
+        dtype_to_f32(type, row, tw->deq + r * cols, cols);
+    }
+    tw->w = (kernel_weight){type, rows, cols, tw->data, row_bytes};
+}
+
+static void weight_free(test_weight *tw) {
+    free(tw->data);
+    free(tw->deq);
+}
+
+/* Activations: uniform with a few outliers (they set a block's scale) and one all-zero block
+ * (the zero-scale path). */
+static float *activations_make(int n, int64_t cols) {
+    float *x = malloc((size_t)n * cols * sizeof *x);
+    for (int64_t i = 0; i < n * cols; i++) {
+        x[i] = rng_uniform(-1, 1);
+        if (rng_next() % 97 == 0) x[i] *= 20;
+    }
+    if (cols >= QK) memset(x, 0, QK * sizeof *x);
+    return x;
+}
+
+/* The 8-bit activation format as ops.h and cpu_simd.h document it, written independently. */
+static void test_quantize(const float *x, cpu_block_q8 *y, int64_t k) {
+    for (int64_t b = 0; b < k / QK; b++) {
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[b * QK + j]));
+        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            float r = (float)rint((double)(x[b * QK + j] * id)); /* ties to even */
+            y[b].qs[j] = (int8_t)r;
+            sum += (int)r;
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+/* ---- backends under test ---- */
+
+#define MAX_LEVELS 4
+static const int thread_counts[3] = {1, 2, 3};
+
+typedef struct level {
+    const char *name;
+    kernel_ops *ops[3]; /* by thread_counts */
+} level;
+
+static level levels[MAX_LEVELS];
+static int n_levels;
+
+static void levels_open(void) {
+    cinder_error err = {0};
+#ifdef TEST_AVX512_EMULATED
+    const cpu_simd_table *tables[] = {&cpu_simd_scalar, &cpu_simd_avx512_emulated};
+    for (int l = 0; l < 2; l++) {
+        if (l == 1 && !kernel_cpu_simd_supported(KERNEL_SIMD_AVX2)) {
+            printf("skipping the emulated AVX-512 kernels: they need AVX2 to run\n");
+            break;
+        }
+        levels[n_levels].name = tables[l]->name;
+        for (int i = 0; i < 3; i++) {
+            levels[n_levels].ops[i] = cpu_ops_create_table(thread_counts[i], tables[l], &err);
+            CN_ASSERT(levels[n_levels].ops[i]);
+        }
+        n_levels++;
+    }
+#else
+    for (int s = KERNEL_SIMD_SCALAR; s < KERNEL_SIMD_COUNT; s++) {
+        if (!kernel_cpu_simd_supported((kernel_simd)s)) {
+            printf("this CPU has no %s: its kernels are not tested here\n",
+                   kernel_simd_name((kernel_simd)s));
+            continue;
+        }
+        for (int i = 0; i < 3; i++) {
+            levels[n_levels].ops[i] =
+                kernel_cpu_create_simd(thread_counts[i], (kernel_simd)s, &err);
+            CHECK_MSG(levels[n_levels].ops[i] != NULL, "%s", err.msg);
+            if (!levels[n_levels].ops[i]) exit(1);
+        }
+        levels[n_levels].name = levels[n_levels].ops[0]->name;
+        n_levels++;
+    }
+#endif
+    for (int l = 0; l < n_levels; l++) printf("testing %s\n", levels[l].name);
+}
+
+static void levels_close(void) {
+    for (int l = 0; l < n_levels; l++)
+        for (int i = 0; i < 3; i++) kernel_ops_free(levels[l].ops[i]);
+}
+
+/* ---- matmul ---- */
+
+/* Checks one matmul shape and weight type on every level and thread count.
+ *
+ * Two references, both in double:
+ *  - exact:  out = x · Wᵀ with the dequantized weights and the F32 activations;
+ *  - quant:  the same with the activations as the kernels see them (quantized to 8 bits by
+ *            test_quantize for quantized weights; unchanged for float ones).
+ * Against `quant`, only fp32 rounding differs: each block's term d_w·d_x·isum (isum exact in
+ * integers) is rounded twice, then up to nb (or cols) terms are summed in fp32, so
+ * |err| <= (terms + 16)·4u·M, M the sum of the magnitudes of the terms (for Q4_1 the q·d and
+ * m parts separately: |q·d| <= |w| + |m|).
+ * Against `exact`, the 8-bit quantization adds its bound: a value is off by at most d/2
+ * (d = block max / 127; round to nearest), so |err| <= Σ_blocks d/2 · Σ|w| in the block. */
+static void check_matmul(dtype type, int64_t rows, int64_t cols, int n) {
+    test_weight tw;
+    weight_make(&tw, type, rows, cols);
+    float *x = activations_make(n, cols);
+    bool quant = dtype_is_quantized(type);
+    int64_t nb = cols / QK;
+    float *xq = malloc((size_t)n * cols * sizeof *xq);         /* the activations the kernels use */
+    double *qerr = calloc((size_t)n * (nb + 1), sizeof *qerr); /* per block: d / 2 */
+    if (quant) {
+        cpu_block_q8 *blocks = malloc((size_t)n * nb * sizeof *blocks);
+        test_quantize(x, blocks, n * cols);
+        for (int64_t b = 0; b < n * nb; b++) {
+            for (int j = 0; j < QK; j++) xq[b * QK + j] = blocks[b].qs[j] * blocks[b].d;
+            qerr[b] = blocks[b].d / 2.0 * (1 + 1e-5);
+        }
+        free(blocks);
+    } else {
+        memcpy(xq, x, (size_t)n * cols * sizeof *xq);
+    }
+
+    size_t out_n = (size_t)n * rows;
+    float *out[MAX_LEVELS][3];
+    for (int l = 0; l < n_levels; l++)
+        for (int i = 0; i < 3; i++) {
+            out[l][i] = malloc(out_n * sizeof(float));
+            kernel_matmul(levels[l].ops[i], out[l][i], x, &tw.w, n);
+        }
+
+    int bad_exact = 0, bad_quant = 0, bad_levels = 0, bad_threads = 0;
+    double worst_ratio = 0;
+    for (int t = 0; t < n; t++) {
+        for (int64_t r = 0; r < rows; r++) {
+            const float *w = tw.deq + r * cols, *xt = x + t * cols, *qt = xq + t * cols;
+            double exact = 0, ref = 0, mag = 0, qbound = 0;
+            for (int64_t k = 0; k < cols; k++) {
+                exact += (double)w[k] * xt[k];
+                ref += (double)w[k] * qt[k];
+                double wmag = fabs(w[k]);
+                if (type == DTYPE_Q4_1) {
+                    uint16_t m;
+                    memcpy(&m, tw.data + r * tw.w.row_bytes + (k / QK) * sizeof(block_q4_1) + 2, 2);
+                    wmag += 2 * fabs(fp16_to_f32(m));
+                }
+                mag += wmag * fabs(qt[k]);
+                if (quant) qbound += fabs(w[k]) * qerr[t * nb + k / QK];
+            }
+            double terms = quant ? (double)nb : (double)cols;
+            double tol = (terms + 16) * 4 * U * mag + 1e-30;
+            for (int l = 0; l < n_levels; l++) {
+                double got = out[l][0][t * rows + r];
+                if (!(fabs(got - ref) <= tol) && bad_quant++ < 5)
+                    fprintf(
+                        stderr,
+                        "%s %s [%lld x %lld] n=%d t=%d r=%lld: %.9g, reference %.9g (tol %.3g)\n",
+                        levels[l].name, dtype_name(type), (long long)rows, (long long)cols, n, t,
+                        (long long)r, got, ref, tol);
+                if (!(fabs(got - exact) <= qbound + tol) && bad_exact++ < 5)
+                    fprintf(stderr, "%s %s: %.9g, exact %.9g (bound %.3g)\n", levels[l].name,
+                            dtype_name(type), got, exact, qbound + tol);
+                if (qbound > 0) worst_ratio = fmax(worst_ratio, fabs(got - exact) / qbound);
+                double scalar = out[0][0][t * rows + r];
+                if (!(fabs(got - scalar) <= 2 * tol) && bad_levels++ < 5)
+                    fprintf(stderr, "%s %s: %.9g, scalar %.9g\n", levels[l].name, dtype_name(type),
+                            got, scalar);
+            }
+        }
+    }
+    for (int l = 0; l < n_levels; l++)
+        for (int i = 1; i < 3; i++)
+            if (memcmp(out[l][i], out[l][0], out_n * sizeof(float)) != 0 && bad_threads++ < 5)
+                fprintf(stderr, "%s %s [%lld x %lld] n=%d: %d threads differ from 1\n",
+                        levels[l].name, dtype_name(type), (long long)rows, (long long)cols, n,
+                        thread_counts[i]);
+    CHECK_MSG(bad_quant == 0, "%s [%lld x %lld] n=%d vs the quantized-activation reference",
+              dtype_name(type), (long long)rows, (long long)cols, n);
+    CHECK_MSG(bad_exact == 0, "%s [%lld x %lld] n=%d vs the exact reference", dtype_name(type),
+              (long long)rows, (long long)cols, n);
+    CHECK_MSG(bad_levels == 0, "%s [%lld x %lld] n=%d: SIMD vs scalar", dtype_name(type),
+              (long long)rows, (long long)cols, n);
+    CHECK_MSG(bad_threads == 0, "%s [%lld x %lld] n=%d: thread counts", dtype_name(type),
+              (long long)rows, (long long)cols, n);
+    /* The worst-case bound is loose (it assumes every rounding error has the same sign); the
+     * real error sits far inside it. Printed for the record on the largest shape. */
+    if (quant && rows * cols >= 576 * 1536)
+        printf("  %s [%lld x %lld] n=%d: worst |err| / quantization bound = %.3f\n",
+               dtype_name(type), (long long)rows, (long long)cols, n, worst_ratio);
+
+    for (int l = 0; l < n_levels; l++)
+        for (int i = 0; i < 3; i++) free(out[l][i]);
+    free(qerr);
+    free(xq);
+    free(x);
+    weight_free(&tw);
+}
+
+static void test_matmul(void) {
+    static const struct {
+        int64_t rows, cols;
+        int n;
+    } shapes[] = {
+        {1, 32, 1},     {7, 64, 3},      {33, 96, 17},   {1, 576, 3}, {576, 576, 1},
+        {576, 1536, 3}, {1536, 576, 17}, {33, 1536, 70}, /* 70: past one 64-token block */
+        {7, 37, 3},     {5, 40, 2},      {3, 15, 1},     /* float types only: odd widths */
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int t = 0; t < DTYPE_COUNT; t++) {
+            if (dtype_is_quantized((dtype)t) && shapes[s].cols % QK != 0) continue;
+            check_matmul((dtype)t, shapes[s].rows, shapes[s].cols, shapes[s].n);
+        }
+}
+
+/* Every level's quantizer gives the blocks test_quantize describes, bit for bit. */
+static void test_quantize_levels(void) {
+    const int64_t k = 32 * 40;
+    float *x = activations_make(1, k);
+    /* awkward values: exact .5 ties (a block whose max is 127 has scale 1), a denormal,
+     * one huge value */
+    for (int j = 0; j < QK; j++) x[QK + j] = j == 0 ? 127.0f : (float)(j - 16) + 0.5f;
+    x[2 * QK] = 1e-40f;
+    x[3 * QK + 5] = 3e30f;
+    cpu_block_q8 *want = malloc(40 * sizeof *want), *got = malloc(40 * sizeof *got);
+    test_quantize(x, want, k);
+    cpu_quantize_q8_scalar(x, got, k);
+    CHECK(memcmp(want, got, 40 * sizeof *got) == 0);
+#ifdef CPU_SIMD_X86
+    if (kernel_cpu_simd_supported(KERNEL_SIMD_AVX2)) {
+        memset(got, 0, 40 * sizeof *got);
+        cpu_quantize_q8_avx2(x, got, k);
+        CHECK(memcmp(want, got, 40 * sizeof *got) == 0);
+    }
+#endif
+    free(want);
+    free(got);
+    free(x);
+}
+
+#ifndef TEST_AVX512_EMULATED
+
+/* ---- the other ops ---- */
+
+static void test_embed(void) {
+    int32_t ids[5] = {3, 0, 6, 3, 1};
+    for (int t = 0; t < DTYPE_COUNT; t++) {
+        test_weight tw;
+        weight_make(&tw, (dtype)t, 7, 64);
+        float out[5 * 64];
+        for (int l = 0; l < n_levels; l++) {
+            kernel_embed(levels[l].ops[1], out, &tw.w, ids, 5);
+            int bad = 0;
+            for (int i = 0; i < 5; i++)
+                bad += memcmp(out + i * 64, tw.deq + ids[i] * 64, 64 * 4) != 0;
+            CHECK_MSG(bad == 0, "embed %s on %s", dtype_name((dtype)t), levels[l].name);
+        }
+        weight_free(&tw);
+    }
+}
+
+static void test_rmsnorm(void) {
+    const int n = 5, d = 576;
+    float *x = activations_make(n, d), *w = activations_make(1, d), *out = malloc(n * d * 4);
+    for (int l = 0; l < n_levels; l++) {
+        kernel_rmsnorm(levels[l].ops[2], out, x, w, n, d, 1e-5f);
+        int bad = 0;
+        for (int t = 0; t < n; t++) {
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += (double)x[t * d + i] * x[t * d + i];
+            double inv = 1 / sqrt(ss / d + 1e-5);
+            /* float products of a double-accurate scale: a few roundings */
+            for (int i = 0; i < d; i++) {
+                double want = x[t * d + i] * inv * w[i];
+                bad += !(fabs(out[t * d + i] - want) <= 4 * U * fabs(want) + 1e-30);
+            }
+        }
+        CHECK_MSG(bad == 0, "rmsnorm on %s: %d values off", levels[l].name, bad);
+    }
+    /* in place gives the same */
+    float *y = malloc(n * d * 4);
+    memcpy(y, x, n * d * 4);
+    kernel_rmsnorm(levels[0].ops[0], y, y, w, n, d, 1e-5f);
+    kernel_rmsnorm(levels[0].ops[0], out, x, w, n, d, 1e-5f);
+    CHECK(memcmp(y, out, n * d * 4) == 0);
+    /* a large batch goes through the pool: same bits for 1 and 3 threads */
+    const int big = 300;
+    float *xb = activations_make(big, d), *o1 = malloc(big * d * 4), *o3 = malloc(big * d * 4);
+    kernel_rmsnorm(levels[0].ops[0], o1, xb, w, big, d, 1e-6f);
+    kernel_rmsnorm(levels[0].ops[2], o3, xb, w, big, d, 1e-6f);
+    CHECK(memcmp(o1, o3, big * d * 4) == 0);
+    free(xb), free(o1), free(o3), free(y), free(x), free(w), free(out);
+}
+
+/* RoPE against the explicit formulas: pair (a, b) turns by angle pos·inv_freq[i]. */
+static void test_rope(void) {
+    const int n = 4, heads = 3, hd = 64;
+    const int32_t pos[4] = {0, 1, 4097, 100000};
+    const rope_layout layouts[2] = {ROPE_LAYOUT_INTERLEAVED, ROPE_LAYOUT_HALF};
+    const int rope_dims[2] = {64, 32}; /* full and partial rotation */
+    for (int li = 0; li < 2; li++)
+        for (int di = 0; di < 2; di++) {
+            int rd = rope_dims[di], half = rd / 2;
+            float inv_freq[32];
+            CHECK(kernel_rope_inv_freq(inv_freq, rd, 100000.0f, NULL, NULL) == CINDER_OK);
+            float *x = activations_make(n, heads * hd), *y = malloc(n * heads * hd * 4);
+            memcpy(y, x, n * heads * hd * 4);
+            kernel_rope(levels[0].ops[0], y, pos, n, heads, hd, rd, layouts[li], inv_freq);
+            int bad = 0;
+            for (int t = 0; t < n; t++)
+                for (int h = 0; h < heads; h++) {
+                    const float *v = x + (t * heads + h) * hd;
+                    const float *got = y + (t * heads + h) * hd;
+                    double want[64];
+                    for (int i = 0; i < hd; i++) want[i] = v[i]; /* past rope_dim: unchanged */
+                    for (int i = 0; i < half; i++) {
+                        double th = (double)pos[t] * inv_freq[i], c = cos(th), s = sin(th);
+                        if (layouts[li] == ROPE_LAYOUT_INTERLEAVED) {
+                            want[2 * i] = v[2 * i] * c - v[2 * i + 1] * s;
+                            want[2 * i + 1] = v[2 * i] * s + v[2 * i + 1] * c;
+                        } else {
+                            want[i] = v[i] * c - v[i + half] * s;
+                            want[i + half] = v[i] * s + v[i + half] * c;
+                        }
+                    }
+                    /* cos and sin rounded to float, two products and a sum: a few units of
+                     * roundoff of |a| + |b| */
+                    for (int i = 0; i < hd; i++) {
+                        int partner = layouts[li] == ROPE_LAYOUT_INTERLEAVED ? i ^ 1
+                                      : i < half                             ? i + half
+                                                                             : i - half;
+                        double scale = i < rd ? fabs(v[i]) + fabs(v[partner]) : 0;
+                        bad += !(fabs(got[i] - want[i]) <= 8 * U * scale);
+                    }
+                }
+            CHECK_MSG(bad == 0, "rope layout %d rope_dim %d: %d values off", li, rd, bad);
+            /* every level and thread count: same bits (rope is plain C on all) */
+            float *z = malloc(n * heads * hd * 4);
+            for (int l = 0; l < n_levels; l++)
+                for (int i = 0; i < 3; i++) {
+                    memcpy(z, x, n * heads * hd * 4);
+                    kernel_rope(levels[l].ops[i], z, pos, n, heads, hd, rd, layouts[li], inv_freq);
+                    CHECK(memcmp(z, y, n * heads * hd * 4) == 0);
+                }
+            free(z), free(x), free(y);
+        }
+}
+
+static void test_rope_inv_freq(void) {
+    float f[64];
+    cinder_error err = {0};
+    /* none: theta^(-2i/d) */
+    CHECK(kernel_rope_inv_freq(f, 64, 100000.0f, NULL, &err) == CINDER_OK);
+    CHECK(f[0] == 1.0f);
+    CHECK(fabs(f[16] - 1 / sqrt(100000.0)) < 1e-7 * f[16]); /* 2*16/64 = 1/2 */
+    /* linear: divided by the factor */
+    kernel_rope_scaling lin = {ROPE_SCALING_LINEAR, 4.0f, 0, 0, 0};
+    float g[64];
+    CHECK(kernel_rope_inv_freq(g, 64, 100000.0f, &lin, &err) == CINDER_OK);
+    CHECK(g[0] == 0.25f && fabs(g[16] - f[16] / 4) < 1e-7 * g[16]);
+    /* llama3 with Llama 3.1's parameters (theta 500000, head_dim 128, factor 8, low 1,
+     * high 4, original context 8192), values from HF's _compute_llama3_parameters evaluated
+     * in float64 by hand: i <= 28 keep theta^(-2i/128) (wavelength < 2048), i >= 35 are
+     * divided by 8 (wavelength > 8192), 29..34 blend with smooth = (8192/wavelen - 1) / 3. */
+    kernel_rope_scaling l3 = {ROPE_SCALING_LLAMA3, 8.0f, 1.0f, 4.0f, 8192};
+    CHECK(kernel_rope_inv_freq(f, 128, 500000.0f, &l3, &err) == CINDER_OK);
+    static const struct {
+        int i;
+        double want;
+    } l3_want[] = {
+        {0, 1.0},
+        {1, 0.8146172338565447},
+        {20, 0.016560440080994446},
+        {29, 0.002166570763503359},   /* smooth 0.803621 */
+        {30, 0.0013718935677611381},  /* smooth 0.592849 */
+        {32, 0.0005248461609929547},  /* smooth 0.281283 */
+        {34, 0.00017850781276799638}, /* smooth 0.074527 */
+        {35, 9.556212353964683e-05},
+        {46, 1.0017868402809974e-05},
+        {63, 3.068925988914511e-07},
+    };
+    for (size_t k = 0; k < sizeof l3_want / sizeof l3_want[0]; k++)
+        CHECK_MSG(fabs(f[l3_want[k].i] - l3_want[k].want) <= 1e-6 * l3_want[k].want,
+                  "llama3 inv_freq[%d] = %.9g, want %.9g", l3_want[k].i, f[l3_want[k].i],
+                  l3_want[k].want);
+    /* not yet, and wrong */
+    kernel_rope_scaling dyn = {ROPE_SCALING_DYNAMIC, 2.0f, 0, 0, 0};
+    kernel_rope_scaling yarn = {ROPE_SCALING_YARN, 2.0f, 0, 0, 0};
+    CHECK(kernel_rope_inv_freq(f, 64, 10000.0f, &dyn, &err) == CINDER_ERR_UNSUPPORTED);
+    CHECK(kernel_rope_inv_freq(f, 64, 10000.0f, &yarn, &err) == CINDER_ERR_UNSUPPORTED);
+    CHECK(test_contains(err.msg, "YaRN"));
+    kernel_rope_scaling bad_l3 = {ROPE_SCALING_LLAMA3, 8.0f, 4.0f, 1.0f, 8192};
+    CHECK(kernel_rope_inv_freq(f, 64, 10000.0f, &bad_l3, &err) == CINDER_ERR_ARG);
+    CHECK(kernel_rope_inv_freq(f, 63, 10000.0f, NULL, &err) == CINDER_ERR_ARG);
+    /* from a config */
+    model_config cfg = {.rope_scaling = ROPE_SCALING_LLAMA3,
+                        .rope_scaling_factor = 8,
+                        .rope_low_freq_factor = 1,
+                        .rope_high_freq_factor = 4,
+                        .rope_original_context = 8192};
+    kernel_rope_scaling s = kernel_rope_scaling_from_config(&cfg);
+    CHECK(s.type == ROPE_SCALING_LLAMA3 && s.factor == 8 && s.original_context == 8192);
+}
+
+static void test_elementwise(void) {
+    const int n = 3, f = 1536;
+    float *g = activations_make(n, f), *u = activations_make(n, f), *out = malloc(n * f * 4);
+    g[7] = -100; /* exp(100) overflows to inf: silu must still give -0 */
+    g[8] = 100;
+    for (int l = 0; l < n_levels; l++) {
+        kernel_swiglu(levels[l].ops[2], out, g, u, n, f);
+        int bad = 0;
+        for (int i = 0; i < n * f; i++) {
+            double want = g[i] / (1 + exp(-(double)g[i])) * u[i];
+            /* expf within a few ulp, then a sum, a division and a product */
+            bad += !(fabs(out[i] - want) <= 8 * U * fabs(want) + 1e-30);
+        }
+        CHECK_MSG(bad == 0, "swiglu on %s: %d values off", levels[l].name, bad);
+    }
+    float *same = malloc(n * f * 4);
+    memcpy(same, g, n * f * 4);
+    kernel_swiglu(levels[0].ops[0], same, same, u, n, f); /* out aliases gate */
+    CHECK(memcmp(same, out, n * f * 4) == 0);
+
+    /* add: exact, also on a count large enough to be split across threads */
+    const int64_t big = 300000;
+    float *a = activations_make(1, big), *b = activations_make(1, big), *c = malloc(big * 4);
+    kernel_add(levels[0].ops[2], c, a, b, big);
+    int bad = 0;
+    for (int64_t i = 0; i < big; i++) bad += c[i] != a[i] + b[i];
+    CHECK(bad == 0);
+    kernel_add(levels[0].ops[1], a, a, b, big); /* in place */
+    CHECK(memcmp(a, c, big * 4) == 0);
+
+    /* softmax: sums to 1, matches exp(x - max) / sum */
+    float sm[2 * 50];
+    for (int i = 0; i < 100; i++) sm[i] = rng_uniform(-30, 30);
+    sm[60] = 1000; /* no overflow: max is subtracted */
+    float orig[100];
+    memcpy(orig, sm, sizeof sm);
+    kernel_softmax(levels[0].ops[0], sm, 2, 50);
+    for (int t = 0; t < 2; t++) {
+        double mx = -INFINITY, sum = 0, total = 0;
+        for (int i = 0; i < 50; i++) mx = fmax(mx, orig[t * 50 + i]);
+        for (int i = 0; i < 50; i++) sum += exp(orig[t * 50 + i] - mx);
+        bad = 0;
+        for (int i = 0; i < 50; i++) {
+            double want = exp(orig[t * 50 + i] - mx) / sum;
+            /* x - max is rounded in float: exp's relative error grows with |x - max|·u */
+            double tol = (fabs(orig[t * 50 + i] - mx) + 8) * U * want + 1e-45;
+            bad += !(fabs(sm[t * 50 + i] - want) <= tol);
+            total += sm[t * 50 + i];
+        }
+        CHECK(bad == 0);
+        CHECK(fabs(total - 1) < 1e-5);
+    }
+
+    /* argmax: the first of equal maxima; NaN never wins */
+    float am[3 * 4] = {1, 5, 5, 2, NAN, -1, -3, NAN, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int32_t idx[3];
+    kernel_argmax(levels[0].ops[0], idx, am, 3, 4);
+    CHECK_EQ_INT(idx[0], 1);
+    CHECK_EQ_INT(idx[1], 1);
+    CHECK_EQ_INT(idx[2], 0);
+    free(g), free(u), free(out), free(same), free(a), free(b), free(c);
+}
+
+static void test_weight_from_tensor(void) {
+    static uint8_t bytes[4 * 2 * sizeof(block_q4_1)];
+    model_tensor t = {.name = "blk.0.ffn_up.weight",
+                      .type = DTYPE_Q4_1,
+                      .n_dims = 2,
+                      .shape = {4, 64},
+                      .data = bytes,
+                      .nbytes = sizeof bytes};
+    kernel_weight w;
+    cinder_error err = {0};
+    CHECK(kernel_weight_from_tensor(&t, &w, &err) == CINDER_OK);
+    CHECK(w.rows == 4 && w.cols == 64 && w.row_bytes == 2 * sizeof(block_q4_1) && w.data == bytes);
+    t.shape[1] = 48; /* not a whole number of blocks */
+    CHECK(kernel_weight_from_tensor(&t, &w, &err) == CINDER_ERR_ARG);
+    CHECK(test_contains(err.msg, "blk.0.ffn_up.weight"));
+    t.shape[1] = 64;
+    t.nbytes--;
+    CHECK(kernel_weight_from_tensor(&t, &w, &err) == CINDER_ERR_ARG);
+    /* 1-D (a norm) is one row; 3-D (experts) stacks the rows */
+    float norm[576];
+    model_tensor n1 = {.type = DTYPE_F32,
+                       .n_dims = 1,
+                       .shape = {576},
+                       .data = (void *)norm,
+                       .nbytes = sizeof norm};
+    CHECK(kernel_weight_from_tensor(&n1, &w, &err) == CINDER_OK && w.rows == 1 && w.cols == 576);
+    model_tensor e = {.type = DTYPE_Q4_1,
+                      .n_dims = 3,
+                      .shape = {2, 2, 64},
+                      .data = bytes,
+                      .nbytes = sizeof bytes};
+    CHECK(kernel_weight_from_tensor(&e, &w, &err) == CINDER_OK && w.rows == 4);
+    for (int tt = 0; tt < DTYPE_COUNT; tt++) CHECK(kernel_supports(levels[0].ops[0], (dtype)tt));
+}
+
+static void test_create(void) {
+    cinder_error err = {0};
+    CHECK_STR_EQ(kernel_simd_name(KERNEL_SIMD_AVX512), "avx512");
+    CHECK(kernel_cpu_simd_supported(kernel_cpu_simd_best()));
+    setenv("CINDER_SIMD", "scalar", 1);
+    kernel_ops *k = kernel_cpu_create(2, &err);
+    CHECK(k && strcmp(k->name, "cpu-scalar") == 0);
+    CHECK(kernel_reserve(k, 64, 1536, &err) == CINDER_OK);
+    kernel_ops_free(k);
+    setenv("CINDER_SIMD", "sse9", 1);
+    CHECK(kernel_cpu_create(1, &err) == NULL && err.status == CINDER_ERR_ARG);
+    CHECK(test_contains(err.msg, "sse9"));
+    unsetenv("CINDER_SIMD");
+    k = kernel_cpu_create(0, &err); /* one thread per CPU, the best level */
+    CHECK(k != NULL);
+    kernel_ops_free(k);
+    kernel_ops_free(NULL);
+    if (!kernel_cpu_simd_supported(KERNEL_SIMD_AVX512)) {
+        CHECK(kernel_cpu_create_simd(1, KERNEL_SIMD_AVX512, &err) == NULL);
+        CHECK(err.status == CINDER_ERR_UNSUPPORTED);
+    }
+}
+
+/* The pool: every index visited exactly once, over many back-to-back runs (where a lost
+ * wake-up or a reused job would show), with odd grains and more threads than cores. */
+typedef struct pool_count_job {
+    _Atomic int *hits;
+    _Atomic int bad_thread;
+    int n_threads;
+} pool_count_job;
+
+static void pool_count(void *arg, int64_t b, int64_t e, int thread) {
+    pool_count_job *j = arg;
+    if (thread < 0 || thread >= j->n_threads) j->bad_thread = 1;
+    for (int64_t i = b; i < e; i++) j->hits[i]++;
+}
+
+static void test_pool(void) {
+    cinder_error err = {0};
+    for (int nt = 1; nt <= 4; nt++) {
+        cpu_pool *p = cpu_pool_create(nt, &err);
+        CHECK(p && cpu_pool_n_threads(p) == nt);
+        enum { N = 1000 };
+        static _Atomic int hits[N];
+        pool_count_job j = {hits, 0, nt};
+        int bad = 0;
+        for (int it = 0; it < 2000; it++) {
+            int64_t n = 1 + it % N, grain = 1 + it % 37;
+            for (int i = 0; i < N; i++) hits[i] = 0;
+            cpu_pool_run(p, pool_count, &j, n, grain);
+            for (int i = 0; i < N; i++) bad += hits[i] != (i < n);
+        }
+        /* after an idle pause long enough for the workers to sleep */
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        for (int i = 0; i < N; i++) hits[i] = 0;
+        cpu_pool_run(p, pool_count, &j, N, 10);
+        for (int i = 0; i < N; i++) bad += hits[i] != 1;
+        CHECK_MSG(bad == 0 && !j.bad_thread, "pool of %d threads", nt);
+        cpu_pool_free(p);
+    }
+    cpu_pool_free(NULL);
+    CHECK(cpu_count_online() >= 1);
+}
+
+#endif /* !TEST_AVX512_EMULATED */
+
+int main(void) {
+    levels_open();
+    test_quantize_levels();
+    test_matmul();
+#ifndef TEST_AVX512_EMULATED
+    test_embed();
+    test_rmsnorm();
+    test_rope();
+    test_rope_inv_freq();
+    test_elementwise();
+    test_weight_from_tensor();
+    test_create();
+    test_pool();
+#endif
+    levels_close();
+#ifdef TEST_AVX512_EMULATED
+    return test_summary("test_kernels_avx512_emulated");
+#else
+    return test_summary("test_kernels_cpu");
+#endif
+}
