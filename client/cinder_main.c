@@ -13,6 +13,7 @@ static const struct {
     {"inspect", cmd_inspect, "describe a model file: architecture, sizes, tensors, tokenizer"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of token ids"},
+    {"generate", cmd_generate, "generate text from a prompt in this process (CPU engine)"},
     {"write-model", cmd_write_model,
      "write a random-weight Llama model of any shape (GGUF or HF folder)"},
 };

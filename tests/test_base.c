@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "dtype.h"
 #include "status.h"
+#include "stop_text.h"
 #include "test.h"
 
 static void test_error_prefix(void) {
@@ -123,7 +124,62 @@ static void test_dequant(void) {
     CHECK_EQ_INT(dtype_row_bytes(DTYPE_BF16, 3), 6);
 }
 
+/* Feeds pieces one by one; returns everything released, and whether it stopped. */
+static int stop_run(const char *const *stops, int n, const char *const *pieces, char *out) {
+    stop_text st;
+    CHECK(stop_text_init(&st, stops, n, NULL) == CINDER_OK);
+    out[0] = 0;
+    int hit = 0;
+    for (int i = 0; pieces[i] && !hit; i++) {
+        const char *o;
+        size_t len;
+        hit = stop_text_feed(&st, pieces[i], strlen(pieces[i]), &o, &len);
+        strncat(out, o, len);
+    }
+    if (!hit) {
+        const char *o;
+        size_t len;
+        stop_text_finish(&st, &o, &len);
+        strncat(out, o, len);
+    }
+    stop_text_free(&st);
+    return hit;
+}
+
+static void test_stop_text(void) {
+    char out[256];
+    const char *stops[] = {"\n\nUser:", "STOP"};
+    const char *p1[] = {"Hello", " world.\n", "\nUs", "er: more", NULL};
+    CHECK(stop_run(stops, 2, p1, out));
+    CHECK_STR_EQ(out, "Hello world.");
+    const char *p2[] = {"no st", "op here\n", "\nU", NULL}; /* a prefix at the end is released */
+    CHECK(!stop_run(stops, 2, p2, out));
+    CHECK_STR_EQ(out, "no stop here\n\nU");
+    const char *p3[] = {"xxSTO", "Pyy", NULL};
+    CHECK(stop_run(stops, 2, p3, out));
+    CHECK_STR_EQ(out, "xx");
+    const char *p4[] = {"ST", "OR", "STOP", NULL}; /* a false start, then the real one */
+    CHECK(stop_run(stops, 2, p4, out));
+    CHECK_STR_EQ(out, "STOR");
+    /* Nothing is released that could still become a stop string. */
+    stop_text st;
+    stop_text_init(&st, stops, 2, NULL);
+    const char *o;
+    size_t len;
+    CHECK(!stop_text_feed(&st, "abc\n", 4, &o, &len));
+    CHECK(len == 3 && memcmp(o, "abc", 3) == 0);
+    stop_text_free(&st);
+    const char *empty[] = {"ok", ""};
+    cinder_error err = {0};
+    CHECK_EQ_INT(stop_text_init(&st, empty, 2, &err), CINDER_ERR_ARG);
+    CHECK(test_contains(err.msg, "stop string 1 is empty"));
+    const char *p5[] = {"plain", " text", NULL}; /* no stop strings: everything at once */
+    CHECK(!stop_run(NULL, 0, p5, out));
+    CHECK_STR_EQ(out, "plain text");
+}
+
 int main(void) {
+    test_stop_text();
     test_error_prefix();
     test_cli();
     test_half_floats();
