@@ -77,6 +77,12 @@ static inline float attn_dot(const float *a, const float *b, int hd) {
     return r;
 }
 
+/* The dot products and the V accumulation vectorize; an AVX2 clone is picked at load time
+ * where the CPU has it (the result may differ from the SSE2 one in the last bits, never with
+ * the thread count). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 static void attn_item(const attn_args *a, int64_t item, float *scratch) {
     /* Which sequence: the last whose first item is <= item. */
     int lo = 0, hi = a->n_seqs - 1;

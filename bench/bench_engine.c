@@ -1,0 +1,157 @@
+/* bench_engine.c - the CPU engine on a real model: prefill and decode speed beside the decode
+ * rate the memory bandwidth measured in the same run allows.
+ *
+ *   bench_engine [MODEL] [THREADS...]     defaults: the SmolLM2 Q4_1 file, threads 1 and 2
+ *
+ * Decode at small batch reads every weight once per step, so tokens/s <= bandwidth / bytes of
+ * weights (design.md §7); the ratio printed is how close the engine gets. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cpu_pool.h"
+#include "engine.h"
+#include "log.h"
+#include "model.h"
+
+#define PROMPT 512
+#define CONTEXT 64 /* tokens already cached before timing decode */
+#define STEPS 16
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct bw_job {
+    const uint64_t *src;
+    uint64_t sums[64];
+} bw_job;
+
+static void bw_read(void *arg, int64_t b, int64_t e, int thread) {
+    bw_job *j = arg;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = b; i < e; i += 4) s0 += j->src[i], s1 += j->src[i + 1], s2 += j->src[i + 2], s3 += j->src[i + 3];
+    j->sums[thread & 63] += s0 + s1 + s2 + s3;
+}
+
+/* Streaming read bandwidth of n_threads threads over 512 MiB, best of 3, bytes/s. */
+static double read_bandwidth(int n_threads) {
+    size_t bytes = (size_t)512 << 20, words = bytes / 8;
+    uint64_t *src = malloc(bytes);
+    cpu_pool *pool = cpu_pool_create(n_threads, NULL);
+    if (!src || !pool) {
+        free(src);
+        cpu_pool_free(pool);
+        return 0;
+    }
+    for (size_t i = 0; i < words; i++) src[i] = i;
+    bw_job j = {src, {0}};
+    double best = 1e9;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        cpu_pool_run(pool, bw_read, &j, (int64_t)words, (int64_t)words / (4 * n_threads));
+        double t = now_s() - t0;
+        if (t < best) best = t;
+    }
+    free(src);
+    cpu_pool_free(pool);
+    return bytes / best;
+}
+
+/* Bytes a decode step reads at batch 1: every layer weight, the output norm and the LM head
+ * (token_embd when tied; the embedding lookup itself reads one row). */
+static double weight_bytes(const model *m) {
+    double b = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strcmp(m->tensors[i].name, "token_embd.weight") != 0 || m->config.tied_embeddings)
+            b += (double)m->tensors[i].nbytes;
+    return b;
+}
+
+static void bench_threads(const model *m, int n_threads) {
+    const model_config *c = &m->config;
+    int vocab = c->vocab_size;
+    engine_options o = engine_options_default();
+    o.n_threads = n_threads;
+    o.max_batch_tokens = PROMPT;
+    o.max_seqs = 32;
+    o.kv_blocks = 32 * ((CONTEXT + STEPS) / o.block_size + 2) + PROMPT / o.block_size + 2;
+    cinder_error err = {0};
+    engine *e = engine_create(m, &o, &err);
+    if (!e) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return;
+    }
+    kv_cache *kv = engine_kv(e);
+    float *logits = malloc((size_t)32 * vocab * sizeof(float));
+    int32_t *tokens = malloc(PROMPT * sizeof(int32_t));
+    for (int i = 0; i < PROMPT; i++) tokens[i] = (int32_t)((i * 7919u + 13) % (unsigned)vocab);
+
+    /* Prefill: one 512-token step, best of 2. */
+    kv_seq s = {0};
+    kv_seq_reserve(kv, &s, PROMPT, &err);
+    double best = 1e9;
+    for (int rep = 0; rep < 2; rep++) {
+        engine_seq q = {tokens, PROMPT, 0, s.blocks, s.n_blocks, false};
+        double t0 = now_s();
+        engine_step(e, &q, 1, logits, &err);
+        double t = now_s() - t0;
+        if (t < best) best = t;
+    }
+    kv_seq_free(kv, &s);
+    double bw = read_bandwidth(n_threads), bytes = weight_bytes(m);
+    printf("%d thread%s: memory read %.1f GB/s; weights %.1f MB -> decode bound %.1f tokens/s\n",
+           n_threads, n_threads > 1 ? "s" : "", bw / 1e9, bytes / 1e6, bw / bytes);
+    printf("  prefill %d tokens: %.1f tokens/s\n", PROMPT, PROMPT / best);
+
+    static const int batches[] = {1, 8, 32};
+    for (int bi = 0; bi < 3; bi++) {
+        int B = batches[bi];
+        kv_seq seqs[32] = {{0}};
+        engine_seq q[32];
+        for (int i = 0; i < B; i++) {
+            kv_seq_reserve(kv, &seqs[i], CONTEXT + STEPS, &err);
+            q[i] = (engine_seq){tokens + i, CONTEXT, 0, seqs[i].blocks, seqs[i].n_blocks, false};
+        }
+        engine_step(e, q, B, logits, &err); /* the context, all sequences at once */
+        double t0 = now_s();
+        for (int step = 0; step < STEPS; step++) {
+            for (int i = 0; i < B; i++)
+                q[i] = (engine_seq){tokens + 100 + step + i, 1, CONTEXT + step, seqs[i].blocks,
+                                    seqs[i].n_blocks, false};
+            engine_step(e, q, B, logits, &err);
+        }
+        double t = now_s() - t0, rate = (double)B * STEPS / t;
+        if (B == 1)
+            printf("  decode batch  1: %6.1f tokens/s (%.2f of the bandwidth bound)\n", rate,
+                   rate / (bw / bytes));
+        else
+            printf("  decode batch %2d: %6.1f tokens/s (%.1f steps/s)\n", B, rate, STEPS / t);
+        for (int i = 0; i < B; i++) kv_seq_free(kv, &seqs[i]);
+    }
+    free(tokens);
+    free(logits);
+    engine_free(e);
+}
+
+int main(int argc, char **argv) {
+    log_init_from_env();
+    const char *path = argc > 1 ? argv[1] : CINDER_DEFAULT_MODEL;
+    cinder_error err = {0};
+    model *m = model_open(path, &err);
+    if (!m) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return 1;
+    }
+    printf("model %s: %d layers, d %d, %d/%d heads\n", path, m->config.n_layers,
+           m->config.d_model, m->config.n_heads, m->config.n_kv_heads);
+    if (argc > 2)
+        for (int i = 2; i < argc; i++) bench_threads(m, atoi(argv[i]));
+    else
+        for (int t = 1; t <= 2; t++) bench_threads(m, t);
+    model_free(m);
+    return 0;
+}
