@@ -766,3 +766,12 @@ gguf_str gguf_arr_str_next(const gguf_kv *kv, uint64_t *cursor) {
     *cursor += 8 + s.len;
     return s;
 }
+
+bool gguf_path_has_magic(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    char magic[4];
+    bool yes = fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
+    fclose(f);
+    return yes;
+}

@@ -101,6 +101,9 @@ void gguf_close(gguf_file *g);
  * pointing into the file are in use; gguf_close(g) then leaves it alone. */
 void gguf_release_file(gguf_file *g, mapped_file *out);
 
+/* Whether the file at path starts with the "GGUF" magic (false when it cannot be read). */
+bool gguf_path_has_magic(const char *path);
+
 /* Looks a key up; NULL when absent. */
 const gguf_kv *gguf_kv_find(const gguf_file *g, const char *key);
 const char *gguf_type_name(gguf_type t);

@@ -40,16 +40,6 @@ int model_add_file(model *m, mapped_file *mf) {
     return m->n_files++;
 }
 
-/* GGUF files start with the four bytes "GGUF". */
-static bool model_path_is_gguf(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return false;
-    char magic[4];
-    bool yes = fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
-    fclose(f);
-    return yes;
-}
-
 /* Accepts a folder, or the path of a file inside it (config.json): returns the folder. */
 static char *model_hf_dir(const char *path, bool is_dir) {
     if (is_dir) return strdup(path);
@@ -96,7 +86,7 @@ model *model_open(const char *path, cinder_error *err) {
     }
     cinder_status s;
     bool is_dir = S_ISDIR(st.st_mode);
-    if (!is_dir && model_path_is_gguf(path)) {
+    if (!is_dir && gguf_path_has_magic(path)) {
         m->path = strdup(path);
         m->format = MODEL_FORMAT_GGUF;
         s = m->path ? gguf_model_load(m, path, err) : CINDER_ERR_NOMEM;

@@ -16,6 +16,7 @@
 #include "gguf.h"
 #include "gguf_write.h"
 #include "log.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 
@@ -26,41 +27,12 @@
  * Random numbers: splitmix64 seeds a xoshiro256** stream per row.
  * ========================================================================================== */
 
-static uint64_t mw_splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+static void mw_rng_seed(rng_state *r, uint64_t tensor_seed, int64_t row) {
+    rng_seed(r, tensor_seed ^ ((uint64_t)row * 0xd1b54a32d192ed03ull));
 }
 
-typedef struct mw_rng {
-    uint64_t s[4];
-} mw_rng;
-
-static void mw_rng_seed(mw_rng *r, uint64_t tensor_seed, int64_t row) {
-    uint64_t x = tensor_seed ^ ((uint64_t)row * 0xd1b54a32d192ed03ull);
-    for (int i = 0; i < 4; i++) r->s[i] = mw_splitmix64(&x);
-}
-
-static inline uint64_t mw_rotl(uint64_t x, int k) {
-    return (x << k) | (x >> (64 - k));
-}
-
-static inline uint64_t mw_rng_next(mw_rng *r) {
-    uint64_t *s = r->s, out = mw_rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = mw_rotl(s[3], 45);
-    return out;
-}
-
-/* About N(0, 1): the sum of four 16-bit uniforms (mean 131070, standard deviation
- * 65536 / sqrt(3)), centred and scaled. One 64-bit draw per value keeps 1e9 values fast. */
-static inline float mw_rng_normal(mw_rng *r) {
-    uint64_t v = mw_rng_next(r);
+static inline float mw_rng_normal(rng_state *r) {
+    uint64_t v = rng_next(r);
     int32_t sum = (int32_t)((v & 0xffff) + ((v >> 16) & 0xffff) + ((v >> 32) & 0xffff) + (v >> 48));
     return (float)(sum - 131070) * (1.7320508f / 65536.0f);
 }
@@ -239,7 +211,7 @@ static cinder_status mw_plan_add(mw_plan *p, int cap, const char *name, const ch
     t->norm = norm;
     t->rope_rows = strstr(name, ".attn_q.") || strstr(name, ".attn_k.");
     uint64_t x = p->o.seed ^ mw_fnv1a(name);
-    t->seed = mw_splitmix64(&x);
+    t->seed = rng_splitmix64(&x);
     t->plan = p;
     if (rows > INT64_MAX / cols)
         return cinder_error_set(err, CINDER_ERR_ARG, "model writer: tensor '%s' is too large",
@@ -336,7 +308,7 @@ static void mw_fill_rows(const mw_tensor *t, int64_t row0, int64_t n, float *dst
     bool permute = t->rope_rows && p->o.format == MODEL_FORMAT_HF;
     for (int64_t i = 0; i < n; i++) {
         int64_t r = row0 + i, g = permute ? mw_hf_row_to_gguf(r, p->o.cfg.head_dim) : r;
-        mw_rng rng;
+        rng_state rng;
         mw_rng_seed(&rng, t->seed, g);
         float *row = dst + i * t->cols;
         if (t->norm) {
@@ -447,15 +419,6 @@ static void mw_gguf_builtin_tokenizer(gguf_writer *w) {
     gguf_writer_add_str(w, "tokenizer.chat_template", mw_chat_template);
 }
 
-static bool mw_is_gguf_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return false;
-    char magic[4];
-    bool yes = fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
-    fclose(f);
-    return yes;
-}
-
 static bool mw_is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
@@ -475,7 +438,7 @@ static char *mw_hf_tokenizer_dir(const char *path) {
 
 cinder_status model_write_tokenizer_vocab(const char *path, int *n_tokens, cinder_error *err) {
     tokenizer *t = NULL;
-    if (mw_is_gguf_file(path)) {
+    if (gguf_path_has_magic(path)) {
         gguf_file *g = gguf_open(path, err);
         if (!g) return err ? err->status : CINDER_ERR_FORMAT;
         t = tok_from_gguf(g, err);
@@ -506,7 +469,7 @@ cinder_status model_write_tokenizer_vocab(const char *path, int *n_tokens, cinde
 /* Checks that the tokenizer source fits the output format and the vocabulary. */
 static cinder_status mw_check_tokenizer(const model_write_options *o, cinder_error *err) {
     if (o->no_tokenizer || !o->tokenizer_from) return CINDER_OK;
-    bool gguf_src = mw_is_gguf_file(o->tokenizer_from);
+    bool gguf_src = gguf_path_has_magic(o->tokenizer_from);
     if (gguf_src != (o->format == MODEL_FORMAT_GGUF))
         return cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
                                 "model writer: the tokenizer of %s cannot be copied into %s "

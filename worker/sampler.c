@@ -28,34 +28,16 @@ cinder_status sampler_params_check(const sampler_params *p, cinder_error *err) {
     return CINDER_OK;
 }
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 void sampler_rng_seed(sampler_rng *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
-}
-
-static inline uint64_t rotl(uint64_t x, int k) {
-    return (x << k) | (x >> (64 - k));
+    rng_seed(r, seed);
 }
 
 uint64_t sampler_rng_next(sampler_rng *r) {
-    uint64_t *s = r->s, result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
+    return rng_next(r);
 }
 
 double sampler_rng_uniform(sampler_rng *r) {
-    return (double)(sampler_rng_next(r) >> 11) * 0x1.0p-53;
+    return rng_uniform(r);
 }
 
 sampler *sampler_create(int vocab, cinder_error *err) {

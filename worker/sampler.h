@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "rng.h"
 #include "status.h"
 
 typedef struct sampler_params {
@@ -27,10 +28,8 @@ sampler_params sampler_params_default(void);
  * repetition_penalty in (0, 100]); err names the bad field and its value. */
 cinder_status sampler_params_check(const sampler_params *p, cinder_error *err);
 
-/* A request's random stream (xoshiro256**, seeded through splitmix64). */
-typedef struct sampler_rng {
-    uint64_t s[4];
-} sampler_rng;
+/* A request's random stream (xoshiro256**, seeded through splitmix64: common/rng.h). */
+typedef rng_state sampler_rng;
 
 void sampler_rng_seed(sampler_rng *r, uint64_t seed);
 uint64_t sampler_rng_next(sampler_rng *r);
