@@ -4,7 +4,10 @@
  * GEMV figures are GB/s of weights read, printed beside what the machine can stream. Each
  * GEMV runs "cold" (rotating over enough copies of the matrix to overflow the last-level
  * cache, as a forward pass over all layers does) and "hot" (one matrix, cache-resident).
- * Prefill is a GEMM over 64 tokens, in GFLOP/s.
+ * Prefill is a GEMM over 64 tokens, in GFLOP/s. Quantized weights are measured on both
+ * activation precisions (ops.h, kernel_act_precision), side by side: the 8-bit path and the
+ * accurate 16-bit one, with the time ratio accurate / int8. The two alternate within each
+ * measurement, so that a noisy neighbour slows both alike.
  *
  *   bench_kernels [max_threads [TYPE [LEVEL]]]
  *     max_threads  each figure for 1..max_threads threads (default 2)
@@ -100,7 +103,10 @@ static void fill_weight(dtype type, uint8_t *p, size_t bytes) {
     }
 }
 
-static void bench_matmul(kernel_ops *k, dtype type, int64_t rows, int64_t cols, int n, bool cold) {
+/* Times matmuls on each backend of k (the same weights and inputs), alternating between
+ * them; the best of 5 rounds each. */
+static void bench_matmul(kernel_ops *const *k, int n_k, dtype type, int64_t rows, int64_t cols,
+                         int n, bool cold) {
     size_t row_bytes = dtype_row_bytes(type, cols), mat = rows * row_bytes;
     int copies = cold ? (int)(COLD_BYTES / mat) + 1 : 1;
     uint8_t *data = malloc(mat * copies);
@@ -108,27 +114,38 @@ static void bench_matmul(kernel_ops *k, dtype type, int64_t rows, int64_t cols, 
     float *x = malloc((size_t)n * cols * sizeof *x), *out = malloc((size_t)n * rows * sizeof *out);
     for (int64_t i = 0; i < n * cols; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     kernel_weight w = {type, rows, cols, data, row_bytes};
-    kernel_reserve(k, n, cols, NULL);
-    kernel_matmul(k, out, x, &w, n); /* warm up: pool, scratch, page faults of the copy */
-    double best = 1e9;
-    for (int rep = 0; rep < 5; rep++) {
-        int iters = 0;
-        double t0 = now_s(), t;
-        do {
-            w.data = data + (size_t)(iters % copies) * mat;
-            kernel_matmul(k, out, x, &w, n);
-            iters++;
-            t = now_s() - t0;
-        } while (t < 0.05 || iters < copies);
-        best = t / iters < best ? t / iters : best;
+    double best[2] = {1e9, 1e9};
+    for (int b = 0; b < n_k; b++) {
+        kernel_reserve(k[b], n, cols, NULL);
+        kernel_matmul(k[b], out, x, &w, n); /* warm up: pool, scratch, page faults of the copy */
     }
+    for (int rep = 0; rep < 5; rep++)
+        for (int b = 0; b < n_k; b++) {
+            int iters = 0;
+            double t0 = now_s(), t;
+            do {
+                w.data = data + (size_t)(iters % copies) * mat;
+                kernel_matmul(k[b], out, x, &w, n);
+                iters++;
+                t = now_s() - t0;
+            } while (t < 0.05 || iters < copies);
+            best[b] = t / iters < best[b] ? t / iters : best[b];
+        }
     if (n == 1)
-        printf("  %-5s %5lld x %-5lld %s: %7.1f us  %6.1f GB/s\n", dtype_name(type),
-               (long long)rows, (long long)cols, cold ? "cold" : "hot ", best * 1e6,
-               mat / best / 1e9);
+        printf("  %-5s %5lld x %-5lld %s:", dtype_name(type), (long long)rows, (long long)cols,
+               cold ? "cold" : "hot ");
     else
-        printf("  %-5s %5lld x %-5lld n=%d: %7.1f us  %6.1f GFLOP/s\n", dtype_name(type),
-               (long long)rows, (long long)cols, n, best * 1e6, 2.0 * rows * cols * n / best / 1e9);
+        printf("  %-5s %5lld x %-5lld n=%d:", dtype_name(type), (long long)rows, (long long)cols,
+               n);
+    for (int b = 0; b < n_k; b++) {
+        if (n == 1)
+            printf("%s%7.1f us %5.1f GB/s", b ? "  |" : "", best[b] * 1e6, mat / best[b] / 1e9);
+        else
+            printf("%s%8.1f us %5.1f GFLOP/s", b ? "  |" : "", best[b] * 1e6,
+                   2.0 * rows * cols * n / best[b] / 1e9);
+    }
+    if (n_k == 2) printf("  x%.2f", best[1] / best[0]);
+    printf("\n");
     free(data);
     free(x);
     free(out);
@@ -153,25 +170,38 @@ int main(int argc, char **argv) {
         if (only_level && strcmp(only_level, kernel_simd_name((kernel_simd)s)) != 0) continue;
         for (int nt = 1; nt <= max_threads; nt++) {
             cinder_error err;
-            kernel_ops *k = kernel_cpu_create_simd(nt, (kernel_simd)s, &err);
-            if (!k) {
-                fprintf(stderr, "%s\n", err.msg);
-                return 1;
+            kernel_ops *k[2]; /* int8, accurate */
+            for (int a = 0; a < 2; a++) {
+                kernel_cpu_options o = {nt, (kernel_simd)s,
+                                        a ? KERNEL_ACT_ACCURATE : KERNEL_ACT_INT8};
+                k[a] = kernel_cpu_create_opts(&o, &err);
+                if (!k[a]) {
+                    fprintf(stderr, "%s\n", err.msg);
+                    return 1;
+                }
             }
-            printf("%s, %d thread%s: GEMV (decode, one token)\n", k->name, nt, nt > 1 ? "s" : "");
+            const char *label = "(quantized: int8 | accurate, time accurate / int8)";
+            printf("%s, %d thread%s: GEMV (decode, one token) %s\n", k[1]->name, nt,
+                   nt > 1 ? "s" : "", label);
             for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
                 if (only_type && strcmp(only_type, dtype_name(types[t])) != 0) continue;
                 if (!only_type && s == KERNEL_SIMD_SCALAR && t >= 4) break; /* a few suffice */
+                int n_k = dtype_is_quantized(types[t]) ? 2 : 1;
                 for (size_t sh = 0; sh < 3; sh++) {
-                    bench_matmul(k, types[t], shapes[sh][0], shapes[sh][1], 1, true);
-                    if (sh < 2) bench_matmul(k, types[t], shapes[sh][0], shapes[sh][1], 1, false);
+                    bench_matmul(k, n_k, types[t], shapes[sh][0], shapes[sh][1], 1, true);
+                    if (sh < 2)
+                        bench_matmul(k, n_k, types[t], shapes[sh][0], shapes[sh][1], 1, false);
                 }
             }
-            printf("%s, %d thread%s: GEMM (prefill, 64 tokens)\n", k->name, nt, nt > 1 ? "s" : "");
+            printf("%s, %d thread%s: GEMM (prefill, 64 tokens) %s\n", k[1]->name, nt,
+                   nt > 1 ? "s" : "", label);
             for (size_t t = 0; t < 4; t++)
                 if (!only_type || strcmp(only_type, dtype_name(types[t])) == 0)
-                    bench_matmul(k, types[t], 1536, 576, 64, false);
-            kernel_ops_free(k);
+                    for (size_t sh = 0; sh < 2; sh++)
+                        bench_matmul(k, dtype_is_quantized(types[t]) ? 2 : 1, types[t],
+                                     shapes[sh][0], shapes[sh][1], 64, false);
+            kernel_ops_free(k[0]);
+            kernel_ops_free(k[1]);
         }
     }
     return 0;

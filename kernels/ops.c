@@ -109,3 +109,16 @@ const char *kernel_simd_name(kernel_simd simd) {
 void kernel_ops_free(kernel_ops *ops) {
     if (ops) ops->destroy(ops);
 }
+
+const char *kernel_act_name(kernel_act_precision act) {
+    switch (act) {
+        case KERNEL_ACT_DEFAULT:
+            return "default";
+        case KERNEL_ACT_ACCURATE:
+            return "accurate";
+        case KERNEL_ACT_INT8:
+            return "int8";
+        default:
+            return "?";
+    }
+}

@@ -95,6 +95,28 @@ typedef enum kernel_simd {
     KERNEL_SIMD_COUNT,
 } kernel_simd;
 
+/* How the CPU backend feeds F32 activations to quantized weights (Q8_0, Q4_0, Q4_1). Either
+ * way the weights stay in their blocks (never a dequantized copy) and each token's row is
+ * quantized once per matmul, in blocks of 32 values with an fp32 scale d = max|x| / qmax
+ * (round to nearest even), so that the dot products run on integers, exactly:
+ *   ACCURATE: 16 bits (qmax 32767): a value is off by at most max|x| / 65534 of its block,
+ *             258x less than INT8; Q4_1's offset term takes the block's F32 sum. Relative
+ *             r.m.s. error of a matmul ~5e-5 to 1e-4 (SmolLM2-135M's, against F32
+ *             activations); logits within ~1e-3 of transformers, 256/256 teacher-forced
+ *             argmax agreement. About INT8's speed: decode reads the same weights, and a
+ *             16-bit multiply-add covers as many products per instruction as AVX2's 8-bit
+ *             pair (maddubs + madd).
+ *   INT8:     8 bits (qmax 127, like ggml's Q8_0/Q8_1): a value is off by at most
+ *             max|x| / 254. Relative matmul error ~2e-3 to 1e-2; SmolLM2-135M's logits off
+ *             by ~4e-2, 248/256 argmax agreement, close greedy choices flip.
+ * F32, F16 and BF16 weights always take F32 activations. */
+typedef enum kernel_act_precision {
+    KERNEL_ACT_DEFAULT = 0, /* ACCURATE, or the CINDER_ACT environment variable (accurate|int8) */
+    KERNEL_ACT_ACCURATE,
+    KERNEL_ACT_INT8,
+    KERNEL_ACT_COUNT,
+} kernel_act_precision;
+
 typedef struct kernel_ops kernel_ops;
 
 struct kernel_ops {
@@ -127,8 +149,9 @@ struct kernel_ops {
                  int rope_dim, rope_layout layout, const float *inv_freq);
 
     /* out = x · Wᵀ.  out [n, w->rows]; x [n, w->cols]. For quantized W the activations are
-     * quantized to 8 bits per value (blocks of 32 with an fp32 scale) before the integer dot
-     * products; for F32/F16/BF16 W they stay F32. Results do not depend on the thread count. */
+     * quantized to 16 or 8 bits per value (kernel_act_precision) before the integer dot
+     * products; for F32/F16/BF16 W they stay F32. Results do not depend on the thread count,
+     * nor on the other tokens of the batch. */
     void (*matmul)(void *ctx, float *out, const float *x, const kernel_weight *w, int n);
 
     /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).  out, gate, up [n, f]; out may
@@ -163,12 +186,22 @@ struct kernel_ops {
     void (*destroy)(kernel_ops *ops);
 };
 
-/* The CPU backend: a persistent pool of n_threads threads (0: one per online CPU; the caller
- * is one of them) and the SIMD level of KERNEL_SIMD_AUTO. Returns NULL and fills err on
- * failure. */
+/* The CPU backend's settings; all zeros (kernel_cpu_options_default()) is the default. */
+typedef struct kernel_cpu_options {
+    int n_threads;            /* the pool's threads, the caller included; 0: one per online CPU */
+    kernel_simd simd;         /* AUTO: CINDER_SIMD (scalar|avx2|avx512), else the best level */
+    kernel_act_precision act; /* DEFAULT: CINDER_ACT (accurate|int8), else ACCURATE */
+} kernel_cpu_options;
+
+kernel_cpu_options kernel_cpu_options_default(void);
+/* The CPU backend: a persistent thread pool, the kernels of one SIMD level, one activation
+ * precision. opts NULL: the defaults. Returns NULL and fills err on failure:
+ * CINDER_ERR_UNSUPPORTED when this CPU lacks the SIMD level, CINDER_ERR_ARG for a bad
+ * setting or environment variable. */
+kernel_ops *kernel_cpu_create_opts(const kernel_cpu_options *opts, cinder_error *err);
+/* The same with n_threads and the other settings at their defaults. */
 kernel_ops *kernel_cpu_create(int n_threads, cinder_error *err);
-/* Same with a chosen SIMD level; CINDER_ERR_UNSUPPORTED when this CPU lacks it. AUTO reads
- * CINDER_SIMD (scalar|avx2|avx512) from the environment, else takes the best level. */
+/* The same with n_threads and a SIMD level, the activation precision at its default. */
 kernel_ops *kernel_cpu_create_simd(int n_threads, kernel_simd simd, cinder_error *err);
 /* Whether this CPU (and this build) can run a level. SCALAR and AUTO: always. */
 bool kernel_cpu_simd_supported(kernel_simd simd);
@@ -176,6 +209,8 @@ bool kernel_cpu_simd_supported(kernel_simd simd);
 kernel_simd kernel_cpu_simd_best(void);
 /* "scalar", "avx2", "avx512", "auto". */
 const char *kernel_simd_name(kernel_simd simd);
+/* "accurate", "int8", "default". */
+const char *kernel_act_name(kernel_act_precision act);
 
 /* Frees a backend; accepts NULL. */
 void kernel_ops_free(kernel_ops *ops);

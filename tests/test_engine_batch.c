@@ -19,8 +19,9 @@ static int32_t rnd(int32_t n) {
     return (int32_t)((rng_state >> 33) % (uint64_t)n);
 }
 
-static engine *make_engine(const model *m, int block_size) {
+static engine *make_engine_f32(const model *m, int block_size, bool f32) {
     engine_options o = engine_options_default();
+    o.f32_weights = f32;
     o.n_threads = 2;
     o.block_size = block_size;
     o.kv_blocks = 4096 / block_size + 64;
@@ -33,6 +34,10 @@ static engine *make_engine(const model *m, int block_size) {
     size_t n = (size_t)kv->n_layers * kv->n_blocks * kv->n_kv_heads * kv->block_size * kv->head_dim;
     for (size_t i = 0; i < n; i++) kv->k[i] = kv->v[i] = NAN;
     return e;
+}
+
+static engine *make_engine(const model *m, int block_size) {
+    return make_engine_f32(m, block_size, false);
 }
 
 /* Largest relative error of rows [0, n) of a against b. */
@@ -156,7 +161,10 @@ static void test_blocks(const model *m, const char *name) {
     float *got = malloc((size_t)(STEPS + 1) * vocab * sizeof(float));
     static const int sizes[] = {16, 1, 32};
     for (int k = 0; k < 3; k++) {
-        engine *e = make_engine(m, sizes[k]);
+        /* F32 weights: another block size changes the attention's summation order by float
+         * rounding, which the 16-bit activations of quantized weights may amplify to 1e-4;
+         * what is checked here is the paged attention, not the quantization. */
+        engine *e = make_engine_f32(m, sizes[k], true);
         if (!e) continue;
         kv_cache *kv = engine_kv(e);
         int32_t n_blocks = (N + STEPS + sizes[k] - 1) / sizes[k];

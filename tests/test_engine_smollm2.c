@@ -2,7 +2,7 @@
  * dequantized the same file (tests/data/models/smollm2/refs.json):
  *   - with every weight dequantized to F32, last-position logits within 1e-3 relative error
  *     and the 32 greedy tokens of each prompt equal;
- *   - with the quantized kernels (8-bit activations), argmax agreement on a teacher-forced
+ *   - with the quantized kernels (16-bit activations), argmax agreement on a teacher-forced
  *     256-token text of at least 98%, and the chat answer to "What is the capital of
  *     France?" names Paris.
  * Exit 77 (skipped) when the model is not downloaded. */

@@ -1,7 +1,8 @@
 /* test_kernels_cpu.c - the CPU kernels against references computed here in double precision.
  *
  * Every op, every weight type, odd sizes, every SIMD level this CPU has (each compared with
- * the references and with the scalar level), and 1, 2 and 3 threads giving identical bits.
+ * the references and with the scalar level), both activation precisions of quantized
+ * matmuls, and 1, 2 and 3 threads giving identical bits.
  *
  * Built twice: as test_kernels_cpu, and with TEST_AVX512_EMULATED as
  * test_kernels_avx512_emulated, which runs the matmul checks on the AVX-512 kernels compiled
@@ -100,7 +101,8 @@ static void test_quantize(const float *x, cpu_block_q8 *y, int64_t k) {
     for (int64_t b = 0; b < k / QK; b++) {
         float amax = 0;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[b * QK + j]));
-        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        bool tiny = !(amax >= 1e-30f); /* CPU_ACT_TINY: zeros, not infinities */
+        float d = tiny ? 0.0f : amax / 127.0f, id = tiny ? 0.0f : 127.0f / amax;
         int sum = 0;
         for (int j = 0; j < QK; j++) {
             float r = (float)rint((double)(x[b * QK + j] * id)); /* ties to even */
@@ -112,14 +114,36 @@ static void test_quantize(const float *x, cpu_block_q8 *y, int64_t k) {
     }
 }
 
+/* The 16-bit format: scale max|x| / 32767, and s the F32 sum of the block in the order
+ * cpu_simd.h fixes (eight interleaved partial sums, then halving). */
+static void test_quantize16(const float *x, int16_t *qs, float *ds, int64_t k) {
+    for (int64_t b = 0; b < k / QK; b++) {
+        const float *v = x + b * QK;
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(v[j]));
+        bool tiny = !(amax >= 1e-30f);
+        float d = tiny ? 0.0f : amax / 32767.0f, id = tiny ? 0.0f : 32767.0f / amax;
+        for (int j = 0; j < QK; j++) qs[b * QK + j] = (int16_t)rint((double)(v[j] * id));
+        float p[8];
+        for (int l = 0; l < 8; l++) p[l] = (v[l] + v[l + 8]) + (v[l + 16] + v[l + 24]);
+        float q[4] = {p[0] + p[4], p[1] + p[5], p[2] + p[6], p[3] + p[7]};
+        ds[2 * b] = d;
+        ds[2 * b + 1] = (q[0] + q[2]) + (q[1] + q[3]);
+    }
+}
+
 /* ---- backends under test ---- */
 
 #define MAX_LEVELS 4
 static const int thread_counts[3] = {1, 2, 3};
+/* The activation precisions, ACT_ACCURATE and ACT_INT8 by index. */
+enum { ACT_ACCURATE, ACT_INT8, N_ACTS };
+static const kernel_act_precision acts[N_ACTS] = {KERNEL_ACT_ACCURATE, KERNEL_ACT_INT8};
 
 typedef struct level {
     const char *name;
-    kernel_ops *ops[3]; /* by thread_counts */
+    kernel_ops *ops[3];          /* by thread_counts, the default (accurate) precision */
+    kernel_ops *acts[N_ACTS][3]; /* by precision and thread count; acts[ACT_ACCURATE] = ops */
 } level;
 
 static level levels[MAX_LEVELS];
@@ -135,10 +159,12 @@ static void levels_open(void) {
             break;
         }
         levels[n_levels].name = tables[l]->name;
-        for (int i = 0; i < 3; i++) {
-            levels[n_levels].ops[i] = cpu_ops_create_table(thread_counts[i], tables[l], &err);
-            CN_ASSERT(levels[n_levels].ops[i]);
-        }
+        for (int a = 0; a < N_ACTS; a++)
+            for (int i = 0; i < 3; i++) {
+                levels[n_levels].acts[a][i] =
+                    cpu_ops_create_table(thread_counts[i], tables[l], acts[a], &err);
+                CN_ASSERT(levels[n_levels].acts[a][i]);
+            }
         n_levels++;
     }
 #else
@@ -148,111 +174,176 @@ static void levels_open(void) {
                    kernel_simd_name((kernel_simd)s));
             continue;
         }
-        for (int i = 0; i < 3; i++) {
-            levels[n_levels].ops[i] =
-                kernel_cpu_create_simd(thread_counts[i], (kernel_simd)s, &err);
-            CHECK_MSG(levels[n_levels].ops[i] != NULL, "%s", err.msg);
-            if (!levels[n_levels].ops[i]) exit(1);
-        }
-        levels[n_levels].name = levels[n_levels].ops[0]->name;
+        for (int a = 0; a < N_ACTS; a++)
+            for (int i = 0; i < 3; i++) {
+                kernel_cpu_options o = {thread_counts[i], (kernel_simd)s, acts[a]};
+                kernel_ops *k = kernel_cpu_create_opts(&o, &err);
+                CHECK_MSG(k != NULL, "%s", err.msg);
+                if (!k) exit(1);
+                levels[n_levels].acts[a][i] = k;
+            }
+        levels[n_levels].name = levels[n_levels].acts[ACT_ACCURATE][0]->name;
         n_levels++;
     }
 #endif
+    for (int l = 0; l < n_levels; l++)
+        memcpy(levels[l].ops, levels[l].acts[ACT_ACCURATE], sizeof levels[l].ops);
     for (int l = 0; l < n_levels; l++) printf("testing %s\n", levels[l].name);
 }
 
 static void levels_close(void) {
     for (int l = 0; l < n_levels; l++)
-        for (int i = 0; i < 3; i++) kernel_ops_free(levels[l].ops[i]);
+        for (int a = 0; a < N_ACTS; a++)
+            for (int i = 0; i < 3; i++) kernel_ops_free(levels[l].acts[a][i]);
 }
 
 /* ---- matmul ---- */
 
-/* Checks one matmul shape and weight type on every level and thread count.
+/* Checks one matmul shape and weight type on every level and thread count, and for quantized
+ * weights on both activation precisions.
  *
- * Two references, both in double:
+ * References, in double:
  *  - exact:  out = x · Wᵀ with the dequantized weights and the F32 activations;
- *  - quant:  the same with the activations as the kernels see them (quantized to 8 bits by
- *            test_quantize for quantized weights; unchanged for float ones).
+ *  - quant:  per precision, the same with the activations as the kernels see them (x̂:
+ *            quantized by test_quantize or test_quantize16; unchanged for float weights).
+ *            On the 16-bit path Q4_1's offset m multiplies the block's F32 sum s instead:
+ *            quant = Σ (w - m)·x̂ + Σ_blocks m·s.
  * Against `quant`, only fp32 rounding differs: each block's term d_w·d_x·isum (isum exact in
- * integers) is rounded twice, then up to nb (or cols) terms are summed in fp32, so
- * |err| <= (terms + 16)·4u·M, M the sum of the magnitudes of the terms (for Q4_1 the q·d and
- * m parts separately: |q·d| <= |w| + |m|).
- * Against `exact`, the 8-bit quantization adds its bound: a value is off by at most d/2
- * (d = block max / 127; round to nearest), so |err| <= Σ_blocks d/2 · Σ|w| in the block. */
+ * integers) is rounded a few times, then up to nb (or cols) terms, and Q4_1's m terms, are
+ * summed in fp32, so |err| <= (terms + 16)·4u·M, M the sum of the magnitudes of the products
+ * (for Q4_1 the q·d and m parts separately: |q·d| <= |w| + |m|).
+ * Against `exact`, the quantization adds its bound: a value is off by at most d/2 (d = block
+ * max / qmax; round to nearest), so |err| <= Σ_blocks d/2 · Σ|w| in the block (Σ|w - m| on
+ * the 16-bit path, plus |m|·|s - Σx| for its sum's rounding).
+ *
+ * The 16-bit d is the 8-bit one divided by 32767 / 127 = 258, and so is the error: each
+ * output's is a sum of independent roundings, uniform in ±d/2, so its r.m.s. scales with d.
+ * On shapes with enough outputs (>= 256) for the r.m.s. to be steady, the accurate path's
+ * r.m.s. error against `exact` must be at least 100 times below the 8-bit path's. */
 static void check_matmul(dtype type, int64_t rows, int64_t cols, int n) {
     test_weight tw;
     weight_make(&tw, type, rows, cols);
     float *x = activations_make(n, cols);
-    bool quant = dtype_is_quantized(type);
-    int64_t nb = cols / QK;
-    float *xq = malloc((size_t)n * cols * sizeof *xq);         /* the activations the kernels use */
-    double *qerr = calloc((size_t)n * (nb + 1), sizeof *qerr); /* per block: d / 2 */
-    if (quant) {
-        cpu_block_q8 *blocks = malloc((size_t)n * nb * sizeof *blocks);
-        test_quantize(x, blocks, n * cols);
-        for (int64_t b = 0; b < n * nb; b++) {
-            for (int j = 0; j < QK; j++) xq[b * QK + j] = blocks[b].qs[j] * blocks[b].d;
-            qerr[b] = blocks[b].d / 2.0 * (1 + 1e-5);
-        }
-        free(blocks);
-    } else {
-        memcpy(xq, x, (size_t)n * cols * sizeof *xq);
-    }
+    const bool quant = dtype_is_quantized(type);
+    const int n_acts = quant ? N_ACTS : 1;
+    const int64_t nb = cols / QK;
+    const size_t out_n = (size_t)n * rows;
+    const char *act_name[N_ACTS] = {"accurate", "int8"};
 
-    size_t out_n = (size_t)n * rows;
-    float *out[MAX_LEVELS][3];
-    for (int l = 0; l < n_levels; l++)
-        for (int i = 0; i < 3; i++) {
-            out[l][i] = malloc(out_n * sizeof(float));
-            kernel_matmul(levels[l].ops[i], out[l][i], x, &tw.w, n);
+    /* Per precision: the activations the kernels multiply, d/2 and (16-bit path) the F32 sum
+     * of each block. */
+    float *xq[N_ACTS] = {0}, *sums = NULL;
+    double *half[N_ACTS] = {0};
+    for (int a = 0; a < n_acts; a++) {
+        xq[a] = malloc((size_t)n * cols * sizeof(float));
+        half[a] = calloc((size_t)n * nb + 1, sizeof(double));
+    }
+    if (quant) {
+        cpu_block_q8 *b8 = malloc((size_t)n * nb * sizeof *b8);
+        int16_t *q16 = malloc((size_t)n * cols * sizeof *q16);
+        float *ds = malloc((size_t)n * nb * 2 * sizeof *ds);
+        sums = malloc((size_t)n * nb * sizeof *sums);
+        test_quantize(x, b8, n * cols);
+        test_quantize16(x, q16, ds, n * cols);
+        for (int64_t b = 0; b < n * nb; b++) {
+            for (int j = 0; j < QK; j++) {
+                xq[ACT_INT8][b * QK + j] = b8[b].qs[j] * b8[b].d;
+                xq[ACT_ACCURATE][b * QK + j] = q16[b * QK + j] * ds[2 * b];
+            }
+            half[ACT_INT8][b] = b8[b].d / 2.0 * (1 + 1e-5);
+            half[ACT_ACCURATE][b] = ds[2 * b] / 2.0 * (1 + 1e-5);
+            sums[b] = ds[2 * b + 1];
         }
+        free(b8), free(q16), free(ds);
+    } else {
+        memcpy(xq[0], x, (size_t)n * cols * sizeof(float));
+    }
+    /* Q4_1's offsets, per row and block (0 for the other types) */
+    float *mw = calloc((size_t)rows * nb + 1, sizeof *mw);
+    if (type == DTYPE_Q4_1)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < nb; b++) {
+                uint16_t m;
+                memcpy(&m, tw.data + r * tw.w.row_bytes + b * sizeof(block_q4_1) + 2, 2);
+                mw[r * nb + b] = fp16_to_f32(m);
+            }
+
+    float *out[MAX_LEVELS][N_ACTS][3];
+    for (int l = 0; l < n_levels; l++)
+        for (int a = 0; a < n_acts; a++)
+            for (int i = 0; i < 3; i++) {
+                out[l][a][i] = malloc(out_n * sizeof(float));
+                kernel_matmul(levels[l].acts[a][i], out[l][a][i], x, &tw.w, n);
+            }
 
     int bad_exact = 0, bad_quant = 0, bad_levels = 0, bad_threads = 0;
-    double worst_ratio = 0;
+    double worst_ratio[N_ACTS] = {0}, sq_err[MAX_LEVELS][N_ACTS] = {{0}};
     for (int t = 0; t < n; t++) {
         for (int64_t r = 0; r < rows; r++) {
-            const float *w = tw.deq + r * cols, *xt = x + t * cols, *qt = xq + t * cols;
-            double exact = 0, ref = 0, mag = 0, qbound = 0;
-            for (int64_t k = 0; k < cols; k++) {
-                exact += (double)w[k] * xt[k];
-                ref += (double)w[k] * qt[k];
-                double wmag = fabs(w[k]);
-                if (type == DTYPE_Q4_1) {
-                    uint16_t m;
-                    memcpy(&m, tw.data + r * tw.w.row_bytes + (k / QK) * sizeof(block_q4_1) + 2, 2);
-                    wmag += 2 * fabs(fp16_to_f32(m));
+            const float *w = tw.deq + r * cols, *xt = x + t * cols;
+            double exact = 0;
+            for (int64_t k = 0; k < cols; k++) exact += (double)w[k] * xt[k];
+            for (int a = 0; a < n_acts; a++) {
+                /* the 16-bit path takes Q4_1's m apart, on the block sums */
+                const bool m_apart = quant && a == ACT_ACCURATE && type == DTYPE_Q4_1;
+                const float *qt = xq[a] + t * cols;
+                double ref = 0, mag = 0, qbound = 0;
+                for (int64_t k = 0; k < cols; k++) {
+                    double m = quant ? mw[r * nb + k / QK] : 0, wk = w[k];
+                    if (m_apart) wk -= m;
+                    ref += wk * qt[k];
+                    mag += (fabs(wk) + 2 * fabs(m)) * fabs(qt[k]);
+                    if (quant) qbound += fabs(wk) * half[a][t * nb + k / QK];
                 }
-                mag += wmag * fabs(qt[k]);
-                if (quant) qbound += fabs(w[k]) * qerr[t * nb + k / QK];
-            }
-            double terms = quant ? (double)nb : (double)cols;
-            double tol = (terms + 16) * 4 * U * mag + 1e-30;
-            for (int l = 0; l < n_levels; l++) {
-                double got = out[l][0][t * rows + r];
-                if (!(fabs(got - ref) <= tol) && bad_quant++ < 5)
-                    fprintf(
-                        stderr,
-                        "%s %s [%lld x %lld] n=%d t=%d r=%lld: %.9g, reference %.9g (tol %.3g)\n",
-                        levels[l].name, dtype_name(type), (long long)rows, (long long)cols, n, t,
-                        (long long)r, got, ref, tol);
-                if (!(fabs(got - exact) <= qbound + tol) && bad_exact++ < 5)
-                    fprintf(stderr, "%s %s: %.9g, exact %.9g (bound %.3g)\n", levels[l].name,
-                            dtype_name(type), got, exact, qbound + tol);
-                if (qbound > 0) worst_ratio = fmax(worst_ratio, fabs(got - exact) / qbound);
-                double scalar = out[0][0][t * rows + r];
-                if (!(fabs(got - scalar) <= 2 * tol) && bad_levels++ < 5)
-                    fprintf(stderr, "%s %s: %.9g, scalar %.9g\n", levels[l].name, dtype_name(type),
-                            got, scalar);
+                if (m_apart)
+                    for (int64_t b = 0; b < nb; b++) {
+                        double m = mw[r * nb + b], s = sums[t * nb + b], sx = 0;
+                        for (int j = 0; j < QK; j++) sx += xt[b * QK + j];
+                        ref += m * s;
+                        mag += fabs(m * s);
+                        qbound += fabs(m) * fabs(s - sx);
+                    }
+                double terms = quant ? (double)nb : (double)cols;
+                double tol = (terms + 16) * 4 * U * mag + 1e-30;
+                for (int l = 0; l < n_levels; l++) {
+                    double got = out[l][a][0][t * rows + r];
+                    if (!(fabs(got - ref) <= tol) && bad_quant++ < 5)
+                        fprintf(stderr,
+                                "%s %s %s [%lld x %lld] n=%d t=%d r=%lld: %.9g, reference %.9g "
+                                "(tol %.3g)\n",
+                                levels[l].name, act_name[a], dtype_name(type), (long long)rows,
+                                (long long)cols, n, t, (long long)r, got, ref, tol);
+                    if (!(fabs(got - exact) <= qbound + tol) && bad_exact++ < 5)
+                        fprintf(stderr, "%s %s %s: %.9g, exact %.9g (bound %.3g)\n", levels[l].name,
+                                act_name[a], dtype_name(type), got, exact, qbound + tol);
+                    if (qbound > 0)
+                        worst_ratio[a] = fmax(worst_ratio[a], fabs(got - exact) / qbound);
+                    sq_err[l][a] += (got - exact) * (got - exact);
+                    double scalar = out[0][a][0][t * rows + r];
+                    if (!(fabs(got - scalar) <= 2 * tol) && bad_levels++ < 5)
+                        fprintf(stderr, "%s %s %s: %.9g, scalar %.9g\n", levels[l].name,
+                                act_name[a], dtype_name(type), got, scalar);
+                }
             }
         }
     }
+    /* the same bits for 1, 2 and 3 threads, and for the last token alone (other tiles) */
+    float *alone = malloc(rows * sizeof *alone);
+    int bad_batch = 0;
     for (int l = 0; l < n_levels; l++)
-        for (int i = 1; i < 3; i++)
-            if (memcmp(out[l][i], out[l][0], out_n * sizeof(float)) != 0 && bad_threads++ < 5)
-                fprintf(stderr, "%s %s [%lld x %lld] n=%d: %d threads differ from 1\n",
-                        levels[l].name, dtype_name(type), (long long)rows, (long long)cols, n,
-                        thread_counts[i]);
+        for (int a = 0; a < n_acts; a++) {
+            for (int i = 1; i < 3; i++)
+                if (memcmp(out[l][a][i], out[l][a][0], out_n * sizeof(float)) != 0 &&
+                    bad_threads++ < 5)
+                    fprintf(stderr, "%s %s %s [%lld x %lld] n=%d: %d threads differ from 1\n",
+                            levels[l].name, act_name[a], dtype_name(type), (long long)rows,
+                            (long long)cols, n, thread_counts[i]);
+            kernel_matmul(levels[l].acts[a][1], alone, x + (n - 1) * cols, &tw.w, 1);
+            bad_batch += memcmp(alone, out[l][a][0] + (n - 1) * rows, rows * sizeof *alone) != 0;
+        }
+    free(alone);
+    CHECK_MSG(bad_batch == 0, "%s [%lld x %lld] n=%d: a token alone differs from in the batch",
+              dtype_name(type), (long long)rows, (long long)cols, n);
     CHECK_MSG(bad_quant == 0, "%s [%lld x %lld] n=%d vs the quantized-activation reference",
               dtype_name(type), (long long)rows, (long long)cols, n);
     CHECK_MSG(bad_exact == 0, "%s [%lld x %lld] n=%d vs the exact reference", dtype_name(type),
@@ -261,16 +352,26 @@ static void check_matmul(dtype type, int64_t rows, int64_t cols, int n) {
               (long long)rows, (long long)cols, n);
     CHECK_MSG(bad_threads == 0, "%s [%lld x %lld] n=%d: thread counts", dtype_name(type),
               (long long)rows, (long long)cols, n);
-    /* The worst-case bound is loose (it assumes every rounding error has the same sign); the
-     * real error sits far inside it. Printed for the record on the largest shape. */
+    if (quant && rows * n >= 256)
+        for (int l = 0; l < n_levels; l++) {
+            double gain = sqrt(sq_err[l][ACT_INT8] / sq_err[l][ACT_ACCURATE]);
+            CHECK_MSG(gain >= 100, "%s %s [%lld x %lld] n=%d: accurate path only %.1fx better",
+                      levels[l].name, dtype_name(type), (long long)rows, (long long)cols, n, gain);
+        }
+    /* The worst-case bounds are loose (they assume every rounding error has the same sign);
+     * the real errors sit far inside them. Printed for the record on the largest shapes. */
     if (quant && rows * cols >= 576 * 1536)
-        printf("  %s [%lld x %lld] n=%d: worst |err| / quantization bound = %.3f\n",
-               dtype_name(type), (long long)rows, (long long)cols, n, worst_ratio);
+        printf("  %s [%lld x %lld] n=%d: worst |err| / bound: int8 %.3f, accurate %.3f; "
+               "r.m.s. error int8 / accurate: %.0f\n",
+               dtype_name(type), (long long)rows, (long long)cols, n, worst_ratio[ACT_INT8],
+               worst_ratio[ACT_ACCURATE], sqrt(sq_err[0][ACT_INT8] / sq_err[0][ACT_ACCURATE]));
 
     for (int l = 0; l < n_levels; l++)
-        for (int i = 0; i < 3; i++) free(out[l][i]);
-    free(qerr);
-    free(xq);
+        for (int a = 0; a < n_acts; a++)
+            for (int i = 0; i < 3; i++) free(out[l][a][i]);
+    for (int a = 0; a < n_acts; a++) free(xq[a]), free(half[a]);
+    free(sums);
+    free(mw);
     free(x);
     weight_free(&tw);
 }
@@ -291,24 +392,41 @@ static void test_matmul(void) {
         }
 }
 
-/* Every level's quantizer gives the blocks test_quantize describes, bit for bit. */
+/* Every level's quantizers give the blocks test_quantize and test_quantize16 describe, bit
+ * for bit. */
 static void test_quantize_levels(void) {
-    const int64_t k = 32 * 40;
+    enum { NB = 40 };
+    const int64_t k = QK * NB;
     float *x = activations_make(1, k);
-    /* awkward values: exact .5 ties (a block whose max is 127 has scale 1), a denormal,
-     * one huge value */
+    /* awkward values: exact .5 ties (a block whose max is 127 has scale 1; one whose max is
+     * 32767, for the 16-bit format), a denormal, one huge value, a block of tiny values (below
+     * CPU_ACT_TINY: zeros, where 127 / max would be infinite) */
     for (int j = 0; j < QK; j++) x[QK + j] = j == 0 ? 127.0f : (float)(j - 16) + 0.5f;
     x[2 * QK] = 1e-40f;
     x[3 * QK + 5] = 3e30f;
-    cpu_block_q8 *want = malloc(40 * sizeof *want), *got = malloc(40 * sizeof *got);
+    for (int j = 0; j < QK; j++) x[4 * QK + j] = 1e-38f * (float)(j - 16);
+    for (int j = 0; j < QK; j++) x[5 * QK + j] = j == 7 ? -32767.0f : (float)(j * 1000) + 0.5f;
+    cpu_block_q8 *want = malloc(NB * sizeof *want), *got = malloc(NB * sizeof *got);
     test_quantize(x, want, k);
+    CHECK(want[4].d == 0 && want[4].qs[0] == 0);
     cpu_quantize_q8_scalar(x, got, k);
-    CHECK(memcmp(want, got, 40 * sizeof *got) == 0);
+    CHECK(memcmp(want, got, NB * sizeof *got) == 0);
+    int16_t want16[QK * NB], got16[QK * NB];
+    float want_ds[2 * NB], got_ds[2 * NB];
+    test_quantize16(x, want16, want_ds, k);
+    CHECK(want_ds[2 * 4] == 0 && want16[4 * QK] == 0 && want16[5 * QK + 7] == -32767);
+    cpu_quantize_q16_scalar(x, got16, got_ds, k);
+    CHECK(memcmp(want16, got16, sizeof got16) == 0 && memcmp(want_ds, got_ds, sizeof got_ds) == 0);
 #ifdef CPU_SIMD_X86
     if (kernel_cpu_simd_supported(KERNEL_SIMD_AVX2)) {
-        memset(got, 0, 40 * sizeof *got);
+        memset(got, 0, NB * sizeof *got);
         cpu_quantize_q8_avx2(x, got, k);
-        CHECK(memcmp(want, got, 40 * sizeof *got) == 0);
+        CHECK(memcmp(want, got, NB * sizeof *got) == 0);
+        memset(got16, 0, sizeof got16);
+        memset(got_ds, 0, sizeof got_ds);
+        cpu_quantize_q16_avx2(x, got16, got_ds, k);
+        CHECK(memcmp(want16, got16, sizeof got16) == 0);
+        CHECK(memcmp(want_ds, got_ds, sizeof got_ds) == 0);
     }
 #endif
     free(want);
@@ -599,6 +717,62 @@ static void test_create(void) {
         CHECK(kernel_cpu_create_simd(1, KERNEL_SIMD_AVX512, &err) == NULL);
         CHECK(err.status == CINDER_ERR_UNSUPPORTED);
     }
+
+    /* the activation precision: accurate by default, CINDER_ACT when not chosen, and the
+     * two give their own results (the name says int8) */
+    CHECK_STR_EQ(kernel_act_name(KERNEL_ACT_ACCURATE), "accurate");
+    CHECK_STR_EQ(kernel_act_name(KERNEL_ACT_INT8), "int8");
+    kernel_cpu_options o = kernel_cpu_options_default();
+    CHECK(o.n_threads == 0 && o.simd == KERNEL_SIMD_AUTO && o.act == KERNEL_ACT_DEFAULT);
+    o.n_threads = 1;
+    o.simd = KERNEL_SIMD_SCALAR;
+    test_weight tw;
+    weight_make(&tw, DTYPE_Q4_1, 8, 64);
+    float *x = activations_make(2, 64), want[2][16], got[16];
+    for (int a = 0; a < N_ACTS; a++) kernel_matmul(levels[0].acts[a][0], want[a], x, &tw.w, 2);
+    CHECK(memcmp(want[ACT_ACCURATE], want[ACT_INT8], sizeof want[0]) != 0);
+    static const struct {
+        const char *env;             /* CINDER_ACT, NULL: unset */
+        kernel_act_precision chosen; /* o.act */
+        int expect;                  /* ACT_*; -1: refused */
+    } cases[] = {
+        {NULL, KERNEL_ACT_DEFAULT, ACT_ACCURATE},
+        {"int8", KERNEL_ACT_DEFAULT, ACT_INT8},
+        {"accurate", KERNEL_ACT_DEFAULT, ACT_ACCURATE},
+        {"int8", KERNEL_ACT_ACCURATE, ACT_ACCURATE}, /* a choice in the code wins */
+        {"accurate", KERNEL_ACT_INT8, ACT_INT8},
+        {"int4", KERNEL_ACT_DEFAULT, -1},
+        {NULL, KERNEL_ACT_COUNT, -1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        if (cases[c].env)
+            setenv("CINDER_ACT", cases[c].env, 1);
+        else
+            unsetenv("CINDER_ACT");
+        o.act = cases[c].chosen;
+        k = kernel_cpu_create_opts(&o, &err);
+        if (cases[c].expect < 0) {
+            CHECK_MSG(k == NULL && err.status == CINDER_ERR_ARG, "case %zu", c);
+            if (cases[c].env) CHECK(test_contains(err.msg, cases[c].env));
+            continue;
+        }
+        CHECK_MSG(k != NULL, "case %zu: %s", c, err.msg);
+        if (!k) continue;
+        CHECK_STR_EQ(k->name, cases[c].expect == ACT_INT8 ? "cpu-scalar-int8" : "cpu-scalar");
+        kernel_matmul(k, got, x, &tw.w, 2);
+        CHECK_MSG(memcmp(got, want[cases[c].expect], sizeof got) == 0, "case %zu", c);
+        kernel_ops_free(k);
+    }
+    setenv("CINDER_ACT", "int8", 1); /* the older constructors read it too */
+    k = kernel_cpu_create_simd(1, KERNEL_SIMD_SCALAR, &err);
+    CHECK(k && strcmp(k->name, "cpu-scalar-int8") == 0);
+    kernel_ops_free(k);
+    unsetenv("CINDER_ACT");
+    k = kernel_cpu_create_opts(NULL, &err);
+    CHECK(k && !test_contains(k->name, "int8"));
+    kernel_ops_free(k);
+    free(x);
+    weight_free(&tw);
 }
 
 /* The pool: every index visited exactly once, over many back-to-back runs (where a lost

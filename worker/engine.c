@@ -49,7 +49,8 @@ engine_options engine_options_default(void) {
                             .max_batch_tokens = 2048,
                             .max_seqs = 256,
                             .f32_weights = false,
-                            .simd = KERNEL_SIMD_AUTO};
+                            .simd = KERNEL_SIMD_AUTO,
+                            .act = KERNEL_ACT_DEFAULT};
 }
 
 const model_config *engine_config(const engine *e) {
@@ -147,7 +148,8 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
     const model_config *c = &e->cfg;
     int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
 
-    e->k = kernel_cpu_create_simd(opts.n_threads, opts.simd, err);
+    kernel_cpu_options ko = {.n_threads = opts.n_threads, .simd = opts.simd, .act = opts.act};
+    e->k = kernel_cpu_create_opts(&ko, err);
     if (!e->k) goto fail;
 
     /* Weights. */

@@ -33,6 +33,8 @@ typedef struct engine_options {
     int max_seqs;         /* most sequences in one step (default 256) */
     bool f32_weights;     /* dequantize every weight to F32 at load (reference precision) */
     kernel_simd simd;     /* CPU SIMD level (default: the best, or CINDER_SIMD) */
+    kernel_act_precision act; /* activations for quantized weights: 16-bit (default) or 8-bit
+                                 integers (or CINDER_ACT=accurate|int8) */
 } engine_options;
 
 engine_options engine_options_default(void);

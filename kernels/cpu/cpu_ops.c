@@ -6,6 +6,7 @@
  * not depend on the thread count. Small ops run on the calling thread: waking the pool costs
  * a few microseconds, more than normalizing one 576-wide token. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,10 +26,14 @@
 
 typedef struct cpu_ctx {
     kernel_ops ops;
+    char name[32]; /* ops.name: the table's, "-int8" appended on the 8-bit path */
     cpu_pool *pool;
     const cpu_simd_table *simd;
-    cpu_block_q8 *q8; /* quantized activations of the current matmul */
-    size_t q8_cap;    /* blocks */
+    kernel_act_precision act; /* ACCURATE or INT8 */
+    /* Quantized activations of the current matmul, in the format of act; act_cap blocks. */
+    cpu_block_q8 *q8;
+    cpu_act_q16 q16;
+    size_t act_cap;
     cpu_attn_scratch attn;
 } cpu_ctx;
 
@@ -82,23 +87,41 @@ static const cpu_simd_table *cpu_simd_table_for(kernel_simd simd) {
 
 /* ---- scratch ---- */
 
-static cinder_status cpu_q8_reserve(cpu_ctx *c, size_t blocks, cinder_error *err) {
-    if (blocks <= c->q8_cap) return CINDER_OK;
-    cpu_block_q8 *p = aligned_alloc(64, (blocks * sizeof *p + 63) & ~(size_t)63);
-    if (!p)
-        return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for %zu activation blocks",
-                                blocks);
-    free(c->q8);
-    c->q8 = p;
-    c->q8_cap = blocks;
+static void *cpu_alloc64(size_t bytes) {
+    return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+static cinder_status cpu_act_reserve(cpu_ctx *c, size_t blocks, cinder_error *err) {
+    if (blocks <= c->act_cap) return CINDER_OK;
+    if (c->act == KERNEL_ACT_INT8) {
+        cpu_block_q8 *p = cpu_alloc64(blocks * sizeof *p);
+        if (!p) goto nomem;
+        free(c->q8);
+        c->q8 = p;
+    } else {
+        int16_t *qs = cpu_alloc64(blocks * QK * sizeof *qs);
+        float *ds = cpu_alloc64(blocks * 2 * sizeof *ds);
+        if (!qs || !ds) {
+            free(qs);
+            free(ds);
+            goto nomem;
+        }
+        free(c->q16.qs);
+        free(c->q16.ds);
+        c->q16 = (cpu_act_q16){qs, ds};
+    }
+    c->act_cap = blocks;
     return CINDER_OK;
+nomem:
+    return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for %zu activation blocks",
+                            blocks);
 }
 
 static cinder_status cpu_reserve(void *ctx, int max_tokens, int64_t max_cols, cinder_error *err) {
     if (max_tokens < 0 || max_cols < 0)
         return cinder_error_set(err, CINDER_ERR_ARG, "reserve: %d tokens of %lld columns",
                                 max_tokens, (long long)max_cols);
-    return cpu_q8_reserve(ctx, (size_t)max_tokens * (size_t)((max_cols + QK - 1) / QK), err);
+    return cpu_act_reserve(ctx, (size_t)max_tokens * (size_t)((max_cols + QK - 1) / QK), err);
 }
 
 static bool cpu_supports(void *ctx, dtype type) {
@@ -198,16 +221,22 @@ static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads
 /* ---- matmul ---- */
 
 typedef struct quantize_job {
-    const cpu_simd_table *simd;
+    const cpu_ctx *c;
     const float *x;
-    cpu_block_q8 *q8;
     int64_t cols;
 } quantize_job;
 
 static void quantize_rows(void *arg, int64_t t0, int64_t t1, int thread) {
     const quantize_job *j = arg;
-    for (int64_t t = t0; t < t1; t++)
-        j->simd->quantize_q8(j->x + t * j->cols, j->q8 + t * (j->cols / QK), j->cols);
+    const cpu_ctx *c = j->c;
+    const int64_t cols = j->cols, nb = cols / QK;
+    for (int64_t t = t0; t < t1; t++) {
+        if (c->act == KERNEL_ACT_INT8)
+            c->simd->quantize_q8(j->x + t * cols, c->q8 + t * nb, cols);
+        else
+            c->simd->quantize_q16(j->x + t * cols, c->q16.qs + t * cols, c->q16.ds + 2 * t * nb,
+                                  cols);
+    }
 }
 
 typedef struct gemm_job {
@@ -224,23 +253,27 @@ static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weigh
     cpu_ctx *c = ctx;
     CN_ASSERT(n >= 0 && w->rows > 0 && w->cols > 0 && (unsigned)w->type < DTYPE_COUNT);
     if (n == 0) return;
-    const void *act = x;
+    gemm_job j = {c->simd->gemm[w->type], {w, x, out, n}};
     if (dtype_is_quantized(w->type)) {
         CN_ASSERT(w->cols % QK == 0);
         size_t blocks = (size_t)n * (size_t)(w->cols / QK);
-        if (blocks > c->q8_cap) {
+        if (blocks > c->act_cap) {
             /* Outside the steady state (kernel_reserve sizes this once); failing to find a
              * few kilobytes of scratch mid-step leaves nothing sensible to do. */
             LOG_DEBUG("growing activation scratch to %zu blocks", blocks);
             cinder_error err;
-            if (cpu_q8_reserve(c, blocks, &err) != CINDER_OK) CN_ABORT("%s", err.msg);
+            if (cpu_act_reserve(c, blocks, &err) != CINDER_OK) CN_ABORT("%s", err.msg);
         }
-        quantize_job q = {c->simd, x, c->q8, w->cols};
+        quantize_job q = {c, x, w->cols};
         int64_t grain = (int64_t)n * w->cols < CPU_PARALLEL_MIN ? n : 4;
         cpu_pool_run(c->pool, quantize_rows, &q, n, grain);
-        act = c->q8;
+        if (c->act == KERNEL_ACT_INT8) {
+            j.args.x = c->q8;
+        } else {
+            j.fn = c->simd->gemm_q16[w->type];
+            j.args.x = &c->q16;
+        }
     }
-    gemm_job j = {c->simd->gemm[w->type], {w, act, out, n}};
     /* Ranges of rows: about 4 per thread to even out uneven threads, but at least 16 rows
      * (even, for the 2- and 4-row tiles), so a range's weights are worth a pool hand-off. */
     int nt = cpu_pool_n_threads(c->pool);
@@ -335,10 +368,14 @@ static void cpu_destroy(kernel_ops *ops) {
     cpu_pool_free(c->pool);
     cpu_attn_scratch_free(&c->attn);
     free(c->q8);
+    free(c->q16.qs);
+    free(c->q16.ds);
     free(c);
 }
 
-kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table, cinder_error *err) {
+kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table,
+                                 kernel_act_precision act, cinder_error *err) {
+    CN_ASSERT(act == KERNEL_ACT_ACCURATE || act == KERNEL_ACT_INT8);
     if (n_threads < 0) {
         cinder_error_set(err, CINDER_ERR_ARG, "%d threads", n_threads);
         return NULL;
@@ -350,10 +387,12 @@ kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table, cin
         return NULL;
     }
     c->simd = table;
+    c->act = act;
+    snprintf(c->name, sizeof c->name, "%s%s", table->name, act == KERNEL_ACT_INT8 ? "-int8" : "");
     c->pool = cpu_pool_create(n_threads, err);
     if (!c->pool) goto fail;
     c->ops = (kernel_ops){
-        .name = table->name,
+        .name = c->name,
         .ctx = c,
         .reserve = cpu_reserve,
         .supports = cpu_supports,
@@ -369,14 +408,39 @@ kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table, cin
         .attention = cpu_attention_op,
         .destroy = cpu_destroy,
     };
-    LOG_DEBUG("%s backend, %d threads", table->name, n_threads);
+    LOG_DEBUG("%s backend, %d threads, %s activations for quantized weights", c->name, n_threads,
+              kernel_act_name(act));
     return &c->ops;
 fail:
     free(c);
     return NULL;
 }
 
-kernel_ops *kernel_cpu_create_simd(int n_threads, kernel_simd simd, cinder_error *err) {
+kernel_cpu_options kernel_cpu_options_default(void) {
+    return (kernel_cpu_options){
+        .n_threads = 0, .simd = KERNEL_SIMD_AUTO, .act = KERNEL_ACT_DEFAULT};
+}
+
+/* DEFAULT made concrete: CINDER_ACT, else ACCURATE. KERNEL_ACT_COUNT on a bad setting. */
+static kernel_act_precision cpu_act_resolve(kernel_act_precision act, cinder_error *err) {
+    if ((unsigned)act >= KERNEL_ACT_COUNT) {
+        cinder_error_set(err, CINDER_ERR_ARG, "activation precision %d", (int)act);
+        return KERNEL_ACT_COUNT;
+    }
+    if (act != KERNEL_ACT_DEFAULT) return act;
+    const char *env = getenv("CINDER_ACT");
+    if (!env || !*env || strcmp(env, kernel_act_name(KERNEL_ACT_ACCURATE)) == 0)
+        return KERNEL_ACT_ACCURATE;
+    if (strcmp(env, kernel_act_name(KERNEL_ACT_INT8)) == 0) return KERNEL_ACT_INT8;
+    cinder_error_set(err, CINDER_ERR_ARG, "CINDER_ACT=%s: expected accurate or int8", env);
+    return KERNEL_ACT_COUNT;
+}
+
+kernel_ops *kernel_cpu_create_opts(const kernel_cpu_options *opts, cinder_error *err) {
+    kernel_cpu_options o = opts ? *opts : kernel_cpu_options_default();
+    kernel_simd simd = o.simd;
+    kernel_act_precision act = cpu_act_resolve(o.act, err);
+    if (act == KERNEL_ACT_COUNT) return NULL;
     if (simd == KERNEL_SIMD_AUTO) {
         simd = kernel_cpu_simd_best();
         const char *env = getenv("CINDER_SIMD");
@@ -397,9 +461,18 @@ kernel_ops *kernel_cpu_create_simd(int n_threads, kernel_simd simd, cinder_error
                          kernel_simd_name(simd));
         return NULL;
     }
-    return cpu_ops_create_table(n_threads, cpu_simd_table_for(simd), err);
+    return cpu_ops_create_table(o.n_threads, cpu_simd_table_for(simd), act, err);
+}
+
+kernel_ops *kernel_cpu_create_simd(int n_threads, kernel_simd simd, cinder_error *err) {
+    kernel_cpu_options o = kernel_cpu_options_default();
+    o.n_threads = n_threads;
+    o.simd = simd;
+    return kernel_cpu_create_opts(&o, err);
 }
 
 kernel_ops *kernel_cpu_create(int n_threads, cinder_error *err) {
-    return kernel_cpu_create_simd(n_threads, KERNEL_SIMD_AUTO, err);
+    kernel_cpu_options o = kernel_cpu_options_default();
+    o.n_threads = n_threads;
+    return kernel_cpu_create_opts(&o, err);
 }

@@ -4,10 +4,16 @@
  * at backend creation, and does the threading around it. Only the hot kernels are per level:
  * activation quantization and the matmul tiles. The cheap element-wise ops are plain C.
  *
- * Quantized matmuls work on 8-bit activations: each token's row is cut into blocks of 32
- * values, each block quantized with its own fp32 scale d = max|x| / 127 (round to nearest
- * even), so a value is off by at most d / 2. The block also keeps s = d * sum(q), the sum
- * Q4_1's offset term m needs (like ggml's Q8_1, with fp32 instead of fp16 for d and s). */
+ * Quantized matmuls work on integer activations, in one of two formats (ops.h,
+ * kernel_act_precision). Each token's row is cut into blocks of 32 values, each block
+ * quantized with its own fp32 scale d = max|x| / qmax (round to nearest even), so a value is
+ * off by at most d / 2:
+ *   8 bits (qmax 127): cpu_block_q8, which also keeps s = d * sum(q), the sum Q4_1's offset
+ *     term m needs (like ggml's Q8_1, with fp32 instead of fp16 for d and s);
+ *   16 bits (qmax 32767, the accurate path): cpu_act_q16, whose s is the sum of the block's
+ *     F32 values themselves, so Q4_1's m term carries no quantization error.
+ * A block whose max|x| is below CPU_ACT_TINY quantizes to zeros (d = 0): qmax / max|x| would
+ * overflow to infinity. */
 #ifndef CINDER_CPU_SIMD_H
 #define CINDER_CPU_SIMD_H
 
@@ -22,11 +28,23 @@ typedef struct cpu_block_q8 {
     int8_t qs[QK]; /* in [-127, 127] */
 } cpu_block_q8;
 
+/* 16-bit activations, planar so that each block's 64 bytes of values are 64-byte aligned. */
+typedef struct cpu_act_q16 {
+    int16_t *qs; /* [n, cols]: in [-32767, 32767] */
+    float *ds;   /* [n, cols / QK, 2]: per block d (x ~= qs[j] * d), then s = sum(x) in F32 */
+} cpu_act_q16;
+
+/* Below this max|x| a block quantizes to zeros: 32767 / 1e-30 is far from overflowing, and a
+ * value under 1e-30 times any weight of a real model is nothing next to the rest of a dot. */
+#define CPU_ACT_TINY 1e-30f
+
 /* A matmul as the tile kernels see it. */
 typedef struct cpu_gemm_args {
     const kernel_weight *w; /* [rows, cols] */
-    const void *x;          /* float [n, cols], or cpu_block_q8 [n, cols / QK] for quantized w */
-    float *out;             /* [n, rows] */
+    /* float [n, cols] for float w; for quantized w, cpu_block_q8 [n, cols / QK] (gemm) or a
+     * const cpu_act_q16 * (gemm_q16) */
+    const void *x;
+    float *out; /* [n, rows] */
     int n;
 } cpu_gemm_args;
 
@@ -37,16 +55,24 @@ typedef void (*cpu_gemm_fn)(const cpu_gemm_args *a, int64_t r0, int64_t r1);
 
 /* Quantizes k values (k a multiple of QK) into k / QK blocks. */
 typedef void (*cpu_quantize_fn)(const float *x, cpu_block_q8 *y, int64_t k);
+/* The same into 16 bits: qs [k], ds [k / QK, 2]. The sum s is taken in this order, which
+ * every level follows (it is the natural one for 8-wide vectors): p[l] = (x[l] + x[l + 8]) +
+ * (x[l + 16] + x[l + 24]) for l < 8, then p[l] += p[l + 4] (l < 4), p[l] += p[l + 2]
+ * (l < 2), s = p[0] + p[1]. */
+typedef void (*cpu_quantize_q16_fn)(const float *x, int16_t *qs, float *ds, int64_t k);
 
 typedef struct cpu_simd_table {
     const char *name; /* "cpu-avx2" */
     kernel_simd level;
     cpu_quantize_fn quantize_q8;
-    cpu_gemm_fn gemm[DTYPE_COUNT]; /* one per weight type */
+    cpu_gemm_fn gemm[DTYPE_COUNT]; /* one per weight type; quantized ones on cpu_block_q8 */
+    cpu_quantize_q16_fn quantize_q16;
+    cpu_gemm_fn gemm_q16[DTYPE_COUNT]; /* quantized weight types only, on cpu_act_q16 */
 } cpu_simd_table;
 
 /* Tokens whose activations one pass over a range of weight rows reuses: their quantized
- * activations (64 x 1536 values: ~120 KB) stay in L2 while the rows stream through L1. */
+ * activations (64 x 1536 values: ~100 KB in 8 bits, ~200 KB in 16) stay in L2 while the rows
+ * stream through L1. */
 #define CPU_GEMM_TOKEN_BLOCK 64
 
 /* The SIMD tiles prefetch the next tile's rows (row + NR rows, same column) while they work
@@ -104,11 +130,15 @@ extern const cpu_simd_table cpu_simd_avx512_emulated;
 
 /* The quantizers: every level's gives the same blocks, bit for bit. */
 void cpu_quantize_q8_scalar(const float *x, cpu_block_q8 *y, int64_t k);
+void cpu_quantize_q16_scalar(const float *x, int16_t *qs, float *ds, int64_t k);
 #ifdef CPU_SIMD_X86
 void cpu_quantize_q8_avx2(const float *x, cpu_block_q8 *y, int64_t k);
+void cpu_quantize_q16_avx2(const float *x, int16_t *qs, float *ds, int64_t k);
 #endif
 
-/* A CPU backend running a given table (the tests use it to run the emulated table). */
-kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table, cinder_error *err);
+/* A CPU backend running a given table with a given activation precision (ACCURATE or INT8,
+ * not DEFAULT): the tests use it to run the emulated table. */
+kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table,
+                                 kernel_act_precision act, cinder_error *err);
 
 #endif

@@ -3,12 +3,13 @@
  * Like the AVX2 file, compiled for its target by a pragma and reached only after cpu_ops.c has
  * checked the CPU. Quantized dot products use VNNI's dpbusd (u8 x s8, four products summed
  * into each i32 lane, no saturation) on two blocks per 512-bit register; an odd last block
- * goes through the 256-bit form.
+ * goes through the 256-bit form. On 16-bit activations a block fills a register and
+ * AVX-512BW's madd (i16 x i16, pairs summed to i32) does its products.
  *
  * Built a second time with CPU_SIMD_EMULATE defined, against SIMDe's portable versions of the
  * same intrinsics, into a table only the tests use: that is how this code is checked on CPUs
  * without AVX-512 (CI's included). The few intrinsics SIMDe lacks are built from two 256-bit
- * halves below. Quantization reuses the AVX2 quantizer (every AVX-512 CPU has AVX2). */
+ * halves below. Quantization reuses the AVX2 quantizers (every AVX-512 CPU has AVX2). */
 #include <string.h>
 
 #include "cpu_simd.h"
@@ -59,9 +60,11 @@ INLINE __m512i emu_cvtepu16_epi32(__m256i h) {
 #undef _mm512_cvtepi32_ps
 #undef _mm512_cvtph_ps
 #undef _mm512_cvtepu16_epi32
+#undef _mm512_madd_epi16
 #define _mm512_cvtepi32_ps    emu_cvtepi32_ps
 #define _mm512_cvtph_ps       emu_cvtph_ps
 #define _mm512_cvtepu16_epi32 emu_cvtepu16_epi32
+#define _mm512_madd_epi16     simde_mm512_madd_epi16 /* SIMDe 0.7's alias has four arguments */
 #endif
 
 /* Sum of 16 floats: the two 256-bit halves added, then 8 -> 1. */
@@ -307,6 +310,76 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
     CPU_GEMM_DRIVE(TILE_Q4_1, a, r0, r1);
 }
 
+/* ---- quantized weights x 16-bit activations ---- */
+
+/* A block's 32 weights as 16-bit integers in one register, in order: Q8_0's bytes
+ * sign-extended, Q4_0's nibbles less 8, Q4_1's nibbles (each byte zero-extended: its low
+ * nibble is the and, its high one the shift, and the two make the register's halves). */
+INLINE __m512i load_wq_i16(dtype type, const uint8_t *blk) {
+    if (type == DTYPE_Q8_0)
+        return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+    __m256i v = _mm256_cvtepu8_epi16(
+        _mm_loadu_si128((const __m128i *)(blk + (type == DTYPE_Q4_1 ? 4 : 2))));
+    __m512i q =
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, _mm256_set1_epi16(0x0f))),
+                           _mm256_srli_epi16(v, 4), 1);
+    return type == DTYPE_Q4_0 ? _mm512_sub_epi16(q, _mm512_set1_epi16(8)) : q;
+}
+
+/* One tile on 16-bit activations, one block per register: per block b, row i, token j,
+ *   acc += isum · (d_w·d_x)  [+ m_w · s_x in lane 0, Q4_1]
+ * isum by lanes of two products (madd; exact, and exact as floats: < 2^24). VNNI's dpwssd
+ * would only fold the add of an accumulator, and each block's isum has its own scale. */
+INLINE void tile_quant_q16(const cpu_gemm_args *a, dtype type, int64_t r, int NR, int t, int NT) {
+    const kernel_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const size_t bb = wblock_bytes(type);
+    const cpu_act_q16 *x = a->x;
+    const int16_t *xq = x->qs + (int64_t)t * w->cols;
+    const float *xds = x->ds + 2 * (int64_t)t * nb;
+    const uint8_t *row[4];
+    __m512 acc[4][4];
+    for (int i = 0; i < NR; i++) {
+        row[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+        for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < NR; i++) {
+            const uint8_t *blk = row[i] + b * bb;
+            _mm_prefetch((const char *)blk + NR * w->row_bytes, _MM_HINT_T0);
+            __m512i wq = load_wq_i16(type, blk);
+            __m512 dw = _mm512_set1_ps(load_f16(blk)), mw = _mm512_setzero_ps();
+            if (type == DTYPE_Q4_1) mw = _mm512_set1_ps(load_f16(blk + 2));
+            for (int j = 0; j < NT; j++) {
+                const int16_t *q = xq + (j * nb + b) * QK;
+                const float *ds = xds + 2 * (j * nb + b);
+                __m512i isum = _mm512_madd_epi16(wq, _mm512_loadu_si512(q));
+                __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(ds[0]));
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[i][j]);
+                if (type == DTYPE_Q4_1)
+                    acc[i][j] = _mm512_fmadd_ps(mw, _mm512_maskz_mov_ps(1, _mm512_set1_ps(ds[1])),
+                                                acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < NR; i++)
+        for (int j = 0; j < NT; j++) a->out[(t + j) * w->rows + r + i] = hsum16(acc[i][j]);
+}
+
+#define TILE_Q16_Q8_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q8_0, r, NR, t, NT)
+#define TILE_Q16_Q4_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_0, r, NR, t, NT)
+#define TILE_Q16_Q4_1(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_1, r, NR, t, NT)
+
+static void gemm_q16_q8_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_Q16_Q8_0, a, r0, r1);
+}
+static void gemm_q16_q4_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_Q16_Q4_0, a, r0, r1);
+}
+static void gemm_q16_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
+    CPU_GEMM_DRIVE(TILE_Q16_Q4_1, a, r0, r1);
+}
+
 #ifndef CPU_SIMD_EMULATE
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -327,6 +400,13 @@ const cpu_simd_table TABLE_NAME = {
             [DTYPE_Q8_0] = gemm_q8_0,
             [DTYPE_Q4_0] = gemm_q4_0,
             [DTYPE_Q4_1] = gemm_q4_1,
+        },
+    .quantize_q16 = cpu_quantize_q16_avx2,
+    .gemm_q16 =
+        {
+            [DTYPE_Q8_0] = gemm_q16_q8_0,
+            [DTYPE_Q4_0] = gemm_q16_q4_0,
+            [DTYPE_Q4_1] = gemm_q16_q4_1,
         },
 };
 
