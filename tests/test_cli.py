@@ -77,9 +77,10 @@ rc, out, _ = run("inspect", "--model", model, "--tensors")
 check("blk.29.ffn_down.weight" in out and "[576, 1536]" in out, "inspect --tensors lists tensors with shapes")
 
 # --help everywhere; bad arguments say what is wrong.
-for cmd in ["inspect", "tokenize", "detokenize"]:
+for cmd in ["inspect", "tokenize", "detokenize", "generate", "write-model"]:
     rc, out, _ = run(cmd, "--help")
-    check(rc == 0 and out.startswith(f"usage: cinder {cmd}") and "--model" in out, f"{cmd} --help")
+    check(rc == 0 and out.startswith(f"usage: cinder {cmd}") and ("--model" in out or "--out" in out),
+          f"{cmd} --help")
 rc, out, _ = run("--help")
 check(rc == 0 and "tokenize" in out, "cinder --help")
 cases = [
@@ -97,6 +98,32 @@ for args, want_rc, want_msg in cases:
     check(rc == want_rc and want_msg in err, f"{args[:3]}: exit {rc} (want {want_rc}), stderr {err!r}")
 rc, _, err = run("tokenize", "--model", model, stdin=b"ok \xff bad")
 check(rc == 1 and "UTF-8" in err and "offset 3" in err, f"invalid UTF-8 on stdin: {err!r}")
+
+# generate: greedy chat answer, seeded repeatability, stop strings, limits, bad flags.
+rc, out, err = run("generate", "--model", model, "--chat", "--prompt", "What is the capital of France?",
+                   "--temperature", "0", "--threads", "2")
+check(rc == 0 and "Paris" in out and "tokens/s" in err and "stopped by stop token" in err,
+      f"generate --chat greedy: rc {rc} {out!r} {err!r}")
+seeded = ["generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "24",
+          "--temperature", "0.9", "--top-p", "0.95", "--ignore-eos"]
+a = run(*seeded, "--seed", "5")[1]
+b = run(*seeded, "--seed", "5")[1]
+c = run(*seeded, "--seed", "6")[1]
+check(a == b and len(a) > 20, f"same seed, different text: {a!r} vs {b!r}")
+check(a != c, "another seed gave the same 24 tokens")
+rc, out, err = run("generate", "--model", model, "--prompt", "1, 2, 3, 4,", "--temperature", "0",
+                   "--max-tokens", "40", "--stop", "8")
+check(rc == 0 and "8" not in out and "7" in out and "stopped by stop string" in err,
+      f"--stop: {out!r} {err!r}")
+rc, out, err = run("generate", "--model", model, "--prompt", "Hello", "--max-tokens", "5",
+                   "--ignore-eos", "--temperature", "0")
+check(rc == 0 and "generated 5 tokens" in err, f"--max-tokens 5: {err!r}")
+for flags, msg in [(("--temperature", "-1"), "outside"), (("--top-p", "0"), "outside"),
+                   (("--max-tokens", "0"), "outside"), (("--min-p", "x"), "not a finite number")]:
+    rc, _, err = run("generate", "--model", model, "--prompt", "Hi", *flags)
+    check(rc == 2 and msg in err, f"generate {flags}: exit {rc}, {err!r}")
+rc, out, _ = run("generate", "--help")
+check(rc == 0 and "--temperature" in out, "generate --help")
 
 # A damaged model file: a clear error naming what is wrong, never a crash.
 with tempfile.TemporaryDirectory() as tmp:
