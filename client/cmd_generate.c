@@ -27,7 +27,7 @@ static double now_s(void) {
 typedef struct gen_args {
     const char *model, *prompt, *system, *stop;
     bool chat, f32, ignore_eos, no_stream_stats;
-    int64_t max_tokens, top_k, seed, threads, block_size;
+    int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks;
     double temperature, top_p, min_p, repeat_penalty;
 } gen_args;
 
@@ -81,6 +81,10 @@ static int gen_run(const gen_args *a) {
         fprintf(stderr, "cinder: cannot load model: %s\n", err.msg);
         return 1;
     }
+    if (engine_model_supported(m, &err)) {
+        fprintf(stderr, "cinder: cannot run %s: %s\n", a->model, err.msg);
+        goto out;
+    }
     if (!m->tok) {
         fprintf(stderr, "cinder: %s has no tokenizer; generate needs one\n", a->model);
         goto out;
@@ -121,7 +125,17 @@ static int gen_run(const gen_args *a) {
     o.f32_weights = a->f32;
     o.max_batch_tokens = GEN_PREFILL_CHUNK;
     o.max_seqs = 1;
-    o.kv_blocks = (int32_t)(((int64_t)n_prompt + max_new + o.block_size - 1) / o.block_size + 1);
+    int64_t need = ((int64_t)n_prompt + max_new + o.block_size - 1) / o.block_size;
+    if (a->kv_blocks > 0 && a->kv_blocks < need) {
+        fprintf(stderr,
+                "cinder: a KV pool of %lld blocks of %d tokens holds %lld tokens; the prompt (%zu) "
+                "and --max-tokens (%lld) need %lld blocks\n",
+                (long long)a->kv_blocks, o.block_size, (long long)a->kv_blocks * o.block_size,
+                n_prompt, (long long)max_new, (long long)need);
+        rc = 2;
+        goto out;
+    }
+    o.kv_blocks = (int32_t)(a->kv_blocks > 0 ? a->kv_blocks : need + 1);
     e = engine_create(m, &o, &err);
     smp = e ? sampler_create(m->config.vocab_size, &err) : NULL;
     if (!e || !smp) {
@@ -245,6 +259,8 @@ int cmd_generate(int argc, char **argv) {
          "do not stop at the model's end tokens", false},
         {"threads", CLI_INT, &a.threads, "0", 0, 1024, "N", "CPU threads (0: all)", false},
         {"block-size", CLI_INT, &a.block_size, "16", 1, 4096, "N", "tokens per KV block", false},
+        {"kv-blocks", CLI_INT, &a.kv_blocks, "0", 0, 1 << 30, "N",
+         "KV pool size in blocks (0: what the prompt and --max-tokens need)", false},
         {"f32", CLI_FLAG, &a.f32, NULL, 0, 0, NULL,
          "dequantize the weights to F32 (reference precision, slower)", false},
     };

@@ -8,6 +8,7 @@ usage: test_cli.py CINDER_BINARY MODEL_PATH TOKENIZER_DATA_DIR   (exit 77 withou
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,23 @@ for flags, msg in [(("--temperature", "-1"), "outside"), (("--top-p", "0"), "out
                    (("--max-tokens", "0"), "outside"), (("--min-p", "x"), "not a finite number")]:
     rc, _, err = run("generate", "--model", model, "--prompt", "Hi", *flags)
     check(rc == 2 and msg in err, f"generate {flags}: exit {rc}, {err!r}")
+rc, _, err = run("generate", "--model", model, "--prompt", "Hello there", "--kv-blocks", "2",
+                 "--max-tokens", "100")
+check(rc == 2 and "KV pool of 2 blocks" in err, f"generate with a too small KV pool: {err!r}")
+rc, _, err = run("generate", "--model", model, "--prompt", "hello " * 9000, "--max-tokens", "4")
+check(rc == 1 and "must be 1 to 8191" in err, f"generate with a prompt over the context: {err!r}")
+# A model the engine cannot run yet is refused by name: the tiny GQA model relabelled as a
+# Mistral with a sliding window.
+with tempfile.TemporaryDirectory() as tmp:
+    tiny = os.path.join(os.path.dirname(os.path.abspath(data)), "models", "tiny-gqa-f32")
+    os.symlink(os.path.join(tiny, "model.safetensors"), os.path.join(tmp, "model.safetensors"))
+    cfg = json.load(open(os.path.join(tiny, "config.json")))
+    cfg.update({"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": 16})
+    cfg["vocab_size"] = 300
+    json.dump(cfg, open(os.path.join(tmp, "config.json"), "w"))
+    rc, _, err = run("generate", "--model", tmp, "--prompt", "Hi")
+    check(rc == 1 and "sliding-window attention (window 16) is not supported yet" in err,
+          f"generate on a sliding-window model: {err!r}")
 rc, out, _ = run("generate", "--help")
 check(rc == 0 and "--temperature" in out, "generate --help")
 

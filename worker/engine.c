@@ -107,7 +107,7 @@ static cinder_status engine_norm(engine *e, const model *m, const char *name, co
 }
 
 /* What the forward pass cannot run yet is refused by name, not run wrong. */
-static cinder_status engine_check_model(const model *m, cinder_error *err) {
+cinder_status engine_model_supported(const model *m, cinder_error *err) {
     const model_config *c = &m->config;
     if (c->sliding_window > 0)
         return cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
@@ -137,7 +137,7 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
                          opts.block_size, opts.max_batch_tokens, opts.max_seqs);
         return NULL;
     }
-    if (engine_check_model(m, err)) return NULL;
+    if (engine_model_supported(m, err)) return NULL;
     engine *e = calloc(1, sizeof *e);
     if (!e) {
         cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory");

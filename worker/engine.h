@@ -54,6 +54,9 @@ typedef struct engine engine;
  * max_batch_tokens, the KV cache. Refuses by name what the forward pass cannot run yet
  * (sliding window, experts, biases, a weight type the kernels lack). */
 engine *engine_create(const model *m, const engine_options *opts, cinder_error *err);
+/* The refusals of engine_create alone: CINDER_ERR_UNSUPPORTED naming what the forward pass
+ * cannot run yet (checked before any memory is spent). */
+cinder_status engine_model_supported(const model *m, cinder_error *err);
 void engine_free(engine *e);
 
 const model_config *engine_config(const engine *e);
