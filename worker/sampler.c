@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "sampling_bounds.h"
 
 sampler_params sampler_params_default(void) {
     return (sampler_params){.temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
@@ -13,18 +14,18 @@ sampler_params sampler_params_default(void) {
 
 cinder_status sampler_params_check(const sampler_params *p, cinder_error *err) {
     /* The negated comparisons also catch NaN. */
-    if (!(p->temperature >= 0 && p->temperature <= 100))
-        return cinder_error_set(err, CINDER_ERR_ARG, "temperature %g is outside [0, 100]",
-                                p->temperature);
+    if (!(p->temperature >= 0 && p->temperature <= SAMPLING_TEMPERATURE_MAX))
+        return cinder_error_set(err, CINDER_ERR_ARG, "temperature %g is outside [0, %g]",
+                                p->temperature, SAMPLING_TEMPERATURE_MAX);
     if (p->top_k < 0)
         return cinder_error_set(err, CINDER_ERR_ARG, "top_k %d is negative", p->top_k);
     if (!(p->top_p > 0 && p->top_p <= 1))
         return cinder_error_set(err, CINDER_ERR_ARG, "top_p %g is outside (0, 1]", p->top_p);
     if (!(p->min_p >= 0 && p->min_p <= 1))
         return cinder_error_set(err, CINDER_ERR_ARG, "min_p %g is outside [0, 1]", p->min_p);
-    if (!(p->repetition_penalty > 0 && p->repetition_penalty <= 100))
-        return cinder_error_set(err, CINDER_ERR_ARG, "repetition_penalty %g is outside (0, 100]",
-                                p->repetition_penalty);
+    if (!(p->repetition_penalty > 0 && p->repetition_penalty <= SAMPLING_REPETITION_PENALTY_MAX))
+        return cinder_error_set(err, CINDER_ERR_ARG, "repetition_penalty %g is outside (0, %g]",
+                                p->repetition_penalty, SAMPLING_REPETITION_PENALTY_MAX);
     return CINDER_OK;
 }
 

@@ -24,8 +24,8 @@ typedef struct sampler_params {
 
 /* temperature 0 (greedy), no top-k/top-p/min-p, no penalty, seed 0. */
 sampler_params sampler_params_default(void);
-/* Checks ranges (temperature in [0, 100], top_k >= 0, top_p in (0, 1], min_p in [0, 1],
- * repetition_penalty in (0, 100]); err names the bad field and its value. */
+/* Checks the ranges of common/sampling_bounds.h (the protocol checks the same); err names the
+ * bad field and its value. */
 cinder_status sampler_params_check(const sampler_params *p, cinder_error *err);
 
 /* A request's random stream (xoshiro256**, seeded through splitmix64: common/rng.h). */
