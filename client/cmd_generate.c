@@ -216,6 +216,7 @@ static int gen_run(const gen_args *a) {
         fwrite(rest, 1, n_rest, stdout);
     }
     printf("\n");
+    fflush(stdout); /* the text before the speed report on stderr */
     double t2 = now_s();
     fprintf(stderr,
             "cinder: prompt %zu tokens in %.2f s (%.1f tokens/s); generated %lld tokens in %.2f s "
