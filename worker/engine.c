@@ -32,7 +32,7 @@ struct engine {
     const float *output_norm;    /* [d] */
     engine_layer *layers;        /* [n_layers] */
     float *inv_freq;             /* [rope_dim / 2] */
-    float **owned;               /* F32 copies made at load (f32_weights, norms of other types) */
+    float **owned;               /* F32 copies made at load (f32_weights, norms not in F32) */
     int n_owned;
 
     /* Scratch, sized once for max_batch_tokens tokens and max_seqs sequences. */
@@ -71,15 +71,15 @@ static float *engine_own(engine *e, size_t count) {
     return p;
 }
 
-/* A weight view of a tensor, or its F32 copy when the engine computes in F32 (or when the
- * kernels cannot read its type). */
-static cinder_status engine_weight(engine *e, const model *m, const char *name,
+/* A weight view of a tensor, or an F32 copy of it when f32 is asked for (or the kernels cannot
+ * read its type); a tensor already in F32 is never copied. */
+static cinder_status engine_weight(engine *e, const model *m, const char *name, bool f32,
                                    kernel_weight *w, cinder_error *err) {
     const model_tensor *t = model_tensor_find(m, name);
     if (!t) return cinder_error_set(err, CINDER_ERR_FORMAT, "tensor '%s' is missing", name);
     cinder_status s = kernel_weight_from_tensor(t, w, err);
     if (s) return s;
-    if (!e->opts.f32_weights && kernel_supports(e->k, w->type)) return CINDER_OK;
+    if (w->type == DTYPE_F32 || (!f32 && kernel_supports(e->k, w->type))) return CINDER_OK;
     float *f = engine_own(e, (size_t)(w->rows * w->cols));
     if (!f) return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for '%s' in F32", name);
     for (int64_t r = 0; r < w->rows; r++)
@@ -94,10 +94,7 @@ static cinder_status engine_weight(engine *e, const model *m, const char *name,
 static cinder_status engine_norm(engine *e, const model *m, const char *name, const float **out,
                                  cinder_error *err) {
     kernel_weight w;
-    bool f32 = e->opts.f32_weights;
-    e->opts.f32_weights = true;
-    cinder_status s = engine_weight(e, m, name, &w, err);
-    e->opts.f32_weights = f32;
+    cinder_status s = engine_weight(e, m, name, true, &w, err);
     if (s) return s;
     if (w.rows != 1 || w.cols != e->cfg.d_model)
         return cinder_error_set(err, CINDER_ERR_FORMAT, "norm '%s' has %lld x %lld values, expected %d",
@@ -153,10 +150,10 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
     if (!e->k) goto fail;
 
     /* Weights. */
-    if (engine_weight(e, m, "token_embd.weight", &e->embed, err)) goto fail;
-    if (engine_weight(e, m, c->tied_embeddings ? "token_embd.weight" : "output.weight",
-                      &e->output, err))
-        goto fail;
+    bool f32 = opts.f32_weights;
+    if (engine_weight(e, m, "token_embd.weight", f32, &e->embed, err)) goto fail;
+    if (c->tied_embeddings) e->output = e->embed; /* one view (or one F32 copy) for both */
+    else if (engine_weight(e, m, "output.weight", f32, &e->output, err)) goto fail;
     if (engine_norm(e, m, "output_norm.weight", &e->output_norm, err)) goto fail;
     e->layers = calloc((size_t)c->n_layers, sizeof *e->layers);
     if (!e->layers) goto nomem;
@@ -165,7 +162,7 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
         char name[96];
 #define W(field, suffix)                                                                           \
     snprintf(name, sizeof name, "blk.%d." suffix ".weight", l);                                    \
-    if (engine_weight(e, m, name, &L->field, err)) goto fail;
+    if (engine_weight(e, m, name, f32, &L->field, err)) goto fail;
         W(wq, "attn_q") W(wk, "attn_k") W(wv, "attn_v") W(wo, "attn_output");
         W(gate, "ffn_gate") W(up, "ffn_up") W(down, "ffn_down");
 #undef W
