@@ -441,7 +441,8 @@ static void front_on_generate(coord *co, conn *c, const uint8_t *id, size_t id_l
         snprintf(why, sizeof why, "generate_request.stop: %s", err.msg);
         goto refuse;
     }
-    for (int i = 0; i < co->n_eos_ids; i++) r->stop_ids[r->n_stop_ids++] = co->eos_ids[i];
+    if (!q->ignore_eos)
+        for (int i = 0; i < co->n_eos_ids; i++) r->stop_ids[r->n_stop_ids++] = co->eos_ids[i];
     for (size_t i = 0; i < q->n_stop_token_ids; i++) r->stop_ids[r->n_stop_ids++] = q->stop_token_ids[i];
     snprintf(r->id, sizeof r->id, "%s", rid);
     r->c = c;
