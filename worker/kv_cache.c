@@ -113,3 +113,14 @@ void kv_seq_free(kv_cache *c, kv_seq *s) {
     free(s->blocks);
     memset(s, 0, sizeof *s);
 }
+
+void kv_cache_copy_block(kv_cache *c, int32_t src, int32_t dst) {
+    CN_ASSERT(src >= 0 && src < c->n_blocks && dst >= 0 && dst < c->n_blocks);
+    size_t block = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        memcpy(c->layers[l].k + (size_t)dst * block, c->layers[l].k + (size_t)src * block,
+               block * sizeof(float));
+        memcpy(c->layers[l].v + (size_t)dst * block, c->layers[l].v + (size_t)src * block,
+               block * sizeof(float));
+    }
+}

@@ -41,6 +41,10 @@ cinder_status kv_cache_alloc(kv_cache *c, int32_t n, int32_t *out, cinder_error 
 /* Returns blocks to the free list. A block id out of range or already free is a bug. */
 void kv_cache_release(kv_cache *c, const int32_t *blocks, int32_t n);
 
+/* Copies the K and V of block src into block dst, every layer (copy-on-write of a shared
+ * block, ordered by the coordinator). Ids out of range are a bug. */
+void kv_cache_copy_block(kv_cache *c, int32_t src, int32_t dst);
+
 /* A sequence's block table when this process allocates (`cinder generate`, tests). */
 typedef struct kv_seq {
     int32_t *blocks; /* [n_blocks] */

@@ -1,0 +1,566 @@
+/* worker_main.c - `cinder-worker`: one rank of a worker group (one MPI job).
+ *
+ *   mpirun -np N cinder-worker --coordinator tcp://HOST:5556 [--threads N] [--group G]
+ *
+ * Each rank connects to the coordinator's control endpoint and says Hello, then Register
+ * (rank, group, world size, host, device, free memory). The coordinator answers with a
+ * ShardPlan (model path, what this rank holds, the KV pool); the rank loads its shard, sizes
+ * its KV pool and answers Ready with the blocks it got. From then on it executes Steps: the
+ * coordinator's plan says which tokens of which sequences, at which positions, through which
+ * blocks, and how to sample; the worker runs the forward pass, samples on rank 0 and sends a
+ * StepResult back. It decides nothing. Heartbeats go both ways every second.
+ *
+ * Per sequence the worker keeps what sampling needs between steps: the tokens seen (for the
+ * repetition penalty), its random stream and its block table. A Step brings them again
+ * (history, rng_draws, a whole block table) whenever the worker may lack them, so a sequence
+ * resumed after preemption or moved from another group samples exactly as before. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#ifdef CINDER_HAVE_MPI
+#include <mpi.h>
+#endif
+
+#include "cli.h"
+#include "engine.h"
+#include "log.h"
+#include "math.h"
+#include "model.h"
+#include "protocol.h"
+#include "sampler.h"
+#include "wire.h"
+
+#define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+typedef struct worker_args {
+    const char *coordinator;
+    int64_t threads, group, heartbeat_ms, timeout_ms;
+} worker_args;
+
+/* What the worker remembers of one sequence between steps. */
+typedef struct worker_seq {
+    uint64_t id;
+    int32_t *history; /* [n_history] tokens at positions [0, n_history) */
+    int n_history, cap_history;
+    int32_t *table; /* [n_table] its block table */
+    int n_table, cap_table;
+    sampler_rng rng;
+    uint64_t draws; /* draws taken from rng since seeding */
+    bool rng_valid;
+} worker_seq;
+
+typedef struct worker {
+    worker_args args;
+    int rank, world_size;
+    void *zctx, *sock;
+    model *m;
+    engine *e;
+    sampler *smp;
+    int vocab, max_batch_tokens, max_seqs;
+    float *logits;  /* [max_batch_tokens, vocab]: every row may be asked for */
+    float *raw_row; /* [vocab]: a row before sampling changes it (logprobs) */
+    worker_seq *seqs;
+    int n_seqs, cap_seqs;
+    engine_seq *eseqs; /* [max_seqs] */
+    uint64_t steps_done, heartbeat_seq, last_heard_us, last_sent_us;
+} worker;
+
+static volatile sig_atomic_t worker_stop;
+
+static void worker_on_signal(int sig) {
+    (void)sig;
+    worker_stop = 1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sending */
+
+static cinder_status worker_send(worker *w, Cinder__Envelope *env) {
+    cinder_error err = {0};
+    cinder_status s = wire_send(w->sock, NULL, 0, env, &err);
+    if (s) LOG_ERROR("cannot send %s: %s", proto_body_name(env->body_case), err.msg);
+    else w->last_sent_us = wire_now_us();
+    return s;
+}
+
+static void worker_send_heartbeat(worker *w) {
+    Cinder__Heartbeat hb = CINDER__HEARTBEAT__INIT;
+    hb.group = (int32_t)w->args.group;
+    hb.rank = w->rank;
+    hb.seq = ++w->heartbeat_seq;
+    hb.time_us = wire_now_us();
+    hb.steps_done = w->steps_done;
+    Cinder__Envelope env = CINDER__ENVELOPE__INIT;
+    env.body_case = CINDER__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    worker_send(w, &env);
+}
+
+/* Waits up to timeout_ms for one message from the coordinator; *out owns it. */
+static cinder_status worker_wait(worker *w, int timeout_ms, Cinder__Envelope **out,
+                                 cinder_error *err) {
+    *out = NULL;
+    zmq_pollitem_t item = {w->sock, 0, ZMQ_POLLIN, 0};
+    int rc = zmq_poll(&item, 1, timeout_ms);
+    if (rc < 0) {
+        if (zmq_errno() == EINTR) return cinder_error_set(err, CINDER_ERR_NOT_FOUND, "interrupted");
+        return cinder_error_set(err, CINDER_ERR_IO, "zmq_poll: %s", zmq_strerror(zmq_errno()));
+    }
+    if (rc == 0) return cinder_error_set(err, CINDER_ERR_NOT_FOUND, "no message");
+    proto_limits lim = {.vocab_size = w->vocab, .kv_blocks = w->e ? engine_kv(w->e)->n_blocks : 0};
+    wire_msg m;
+    cinder_status s = wire_recv(w->sock, false, &lim, &m, err);
+    if (s == CINDER_OK) {
+        *out = m.env;
+        m.env = NULL;
+        w->last_heard_us = wire_now_us();
+    } else if (s != CINDER_ERR_NOT_FOUND) {
+        LOG_ERROR("refused a message from the coordinator: %s", err->msg);
+        wire_send_refusal(w->sock, &m, &lim, err);
+    }
+    wire_msg_clear(&m);
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Joining: Hello, Register, ShardPlan, Ready */
+
+/* Waits for a message of one body type (heartbeats are skipped; an Error ends the wait). */
+static Cinder__Envelope *worker_expect(worker *w, Cinder__Envelope__BodyCase body, cinder_error *err) {
+    uint64_t deadline = wire_now_us() + (uint64_t)w->args.timeout_ms * 1000u;
+    while (!worker_stop) {
+        uint64_t now = wire_now_us();
+        if (now >= deadline) break;
+        Cinder__Envelope *env;
+        cinder_status s = worker_wait(w, (int)((deadline - now) / 1000u) + 1, &env, err);
+        if (s == CINDER_ERR_NOT_FOUND) continue;
+        if (s) return NULL;
+        if (env->body_case == body) return env;
+        if (env->body_case == CINDER__ENVELOPE__BODY_ERROR) {
+            cinder_error_set(err, CINDER_ERR_ARG, "the coordinator refused: %s",
+                             env->error->message);
+            proto_envelope_free(env);
+            return NULL;
+        }
+        if (env->body_case != CINDER__ENVELOPE__BODY_HEARTBEAT)
+            LOG_WARN("ignored %s while waiting for %s", proto_body_name(env->body_case),
+                     proto_body_name(body));
+        proto_envelope_free(env);
+    }
+    cinder_error_set(err, CINDER_ERR_IO, "no %s from the coordinator at %s within %lld ms",
+                     proto_body_name(body), w->args.coordinator, (long long)w->args.timeout_ms);
+    return NULL;
+}
+
+static cinder_status worker_load(worker *w, const Cinder__ShardPlan *plan, cinder_error *err) {
+    if (plan->tp_size > 1 || plan->ep_size > 1 || plan->world_size > 1)
+        return cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
+                                "shard plan with %d tensor-parallel and %d expert-parallel ranks: "
+                                "this worker runs whole models only (one rank per group)",
+                                plan->tp_size, plan->ep_size);
+    LOG_INFO("loading %s", plan->model_path);
+    w->m = model_open(plan->model_path, err);
+    if (!w->m) return err->status;
+    engine_options o = engine_options_default();
+    o.n_threads = (int)w->args.threads;
+    if (plan->block_size > 0) o.block_size = plan->block_size;
+    o.kv_blocks = plan->kv_blocks;
+    if (plan->kv_mem_bytes) o.kv_bytes = plan->kv_mem_bytes;
+    if (plan->max_batch_tokens > 0) o.max_batch_tokens = plan->max_batch_tokens;
+    if (plan->max_seqs > 0) o.max_seqs = plan->max_seqs;
+    w->e = engine_create(w->m, &o, err);
+    if (!w->e) return err->status;
+    w->vocab = w->m->config.vocab_size;
+    w->max_batch_tokens = o.max_batch_tokens;
+    w->max_seqs = o.max_seqs;
+    w->smp = sampler_create(w->vocab, err);
+    if (!w->smp) return err->status;
+    w->logits = malloc((size_t)w->max_batch_tokens * (size_t)w->vocab * sizeof(float));
+    w->raw_row = malloc((size_t)w->vocab * sizeof(float));
+    w->eseqs = calloc((size_t)w->max_seqs, sizeof *w->eseqs);
+    if (!w->logits || !w->raw_row || !w->eseqs)
+        return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for the step buffers");
+    return CINDER_OK;
+}
+
+static cinder_status worker_join(worker *w, cinder_error *err) {
+    Cinder__Hello hello;
+    proto_hello_init(&hello, CINDER__ROLE__ROLE_WORKER);
+    Cinder__Envelope env = CINDER__ENVELOPE__INIT;
+    env.body_case = CINDER__ENVELOPE__BODY_HELLO;
+    env.hello = &hello;
+    if (worker_send(w, &env)) return cinder_error_set(err, CINDER_ERR_IO, "cannot send Hello");
+    Cinder__Envelope *reply = worker_expect(w, CINDER__ENVELOPE__BODY_HELLO, err);
+    if (!reply) return err->status ? err->status : CINDER_ERR_IO;
+    proto_envelope_free(reply);
+
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    Cinder__Register reg = CINDER__REGISTER__INIT;
+    reg.rank = w->rank;
+    reg.group = (int32_t)w->args.group;
+    reg.world_size = w->world_size;
+    reg.host = host;
+    reg.device = "cpu";
+    reg.mem_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    env = (Cinder__Envelope)CINDER__ENVELOPE__INIT;
+    env.body_case = CINDER__ENVELOPE__BODY_REGISTER_RANK;
+    env.register_rank = &reg;
+    if (worker_send(w, &env)) return cinder_error_set(err, CINDER_ERR_IO, "cannot send Register");
+
+    Cinder__Envelope *plan = worker_expect(w, CINDER__ENVELOPE__BODY_SHARD_PLAN, err);
+    if (!plan) return err->status ? err->status : CINDER_ERR_IO;
+    cinder_status s = worker_load(w, plan->shard_plan, err);
+    proto_envelope_free(plan);
+    if (s) return s;
+
+    Cinder__Ready ready = CINDER__READY__INIT;
+    ready.group = (int32_t)w->args.group;
+    ready.rank = w->rank;
+    ready.kv_blocks = engine_kv(w->e)->n_blocks;
+    ready.block_size = engine_kv(w->e)->block_size;
+    ready.max_batch_tokens = w->max_batch_tokens;
+    ready.max_seqs = w->max_seqs;
+    ready.vocab_size = w->vocab;
+    env = (Cinder__Envelope)CINDER__ENVELOPE__INIT;
+    env.body_case = CINDER__ENVELOPE__BODY_READY;
+    env.ready = &ready;
+    if (worker_send(w, &env)) return cinder_error_set(err, CINDER_ERR_IO, "cannot send Ready");
+    LOG_INFO("ready: %d KV blocks of %d tokens, batches up to %d tokens / %d sequences",
+             ready.kv_blocks, ready.block_size, ready.max_batch_tokens, ready.max_seqs);
+    return CINDER_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sequences */
+
+static worker_seq *worker_seq_find(worker *w, uint64_t id) {
+    for (int i = 0; i < w->n_seqs; i++)
+        if (w->seqs[i].id == id) return &w->seqs[i];
+    return NULL;
+}
+
+static worker_seq *worker_seq_get(worker *w, uint64_t id) {
+    worker_seq *s = worker_seq_find(w, id);
+    if (s) return s;
+    if (w->n_seqs == w->cap_seqs) {
+        int cap = w->cap_seqs ? 2 * w->cap_seqs : 64;
+        worker_seq *p = realloc(w->seqs, (size_t)cap * sizeof *p);
+        if (!p) return NULL;
+        w->seqs = p;
+        w->cap_seqs = cap;
+    }
+    s = &w->seqs[w->n_seqs++];
+    memset(s, 0, sizeof *s);
+    s->id = id;
+    return s;
+}
+
+static void worker_seq_release(worker *w, uint64_t id) {
+    worker_seq *s = worker_seq_find(w, id);
+    if (!s) return;
+    free(s->history);
+    free(s->table);
+    *s = w->seqs[--w->n_seqs];
+}
+
+static bool worker_grow(int32_t **p, int *cap, int need) {
+    if (need <= *cap) return true;
+    int cap2 = *cap ? *cap : 64;
+    while (cap2 < need) cap2 *= 2;
+    int32_t *q = realloc(*p, (size_t)cap2 * sizeof *q);
+    if (!q) return false;
+    *p = q;
+    *cap = cap2;
+    return true;
+}
+
+/* Brings a sequence's state up to what step seq q says, and appends q's tokens to its history. */
+static cinder_status worker_seq_update(worker *w, worker_seq *s, const Cinder__StepSeq *q,
+                                       const int32_t *tokens, cinder_error *err) {
+    int from = q->block_table_from;
+    if (from > s->n_table)
+        return cinder_error_set(err, CINDER_ERR_ARG,
+                                "sequence %llu: block_table_from %d but this worker holds %d "
+                                "entries of its table",
+                                (unsigned long long)q->seq_id, from, s->n_table);
+    int n_table = from + (int)q->n_block_table;
+    if (!worker_grow(&s->table, &s->cap_table, n_table)) goto nomem;
+    memcpy(s->table + from, q->block_table, q->n_block_table * sizeof(int32_t));
+    s->n_table = n_table;
+
+    if (q->pos == 0) s->n_history = 0;
+    if (q->n_history > 0) {
+        if (!worker_grow(&s->history, &s->cap_history, (int)q->n_history)) goto nomem;
+        memcpy(s->history, q->history, q->n_history * sizeof(int32_t));
+        s->n_history = (int)q->n_history;
+    }
+    if (s->n_history != q->pos)
+        return cinder_error_set(err, CINDER_ERR_ARG,
+                                "sequence %llu starts at position %d but this worker holds %d of "
+                                "its tokens and the step sent no history",
+                                (unsigned long long)q->seq_id, q->pos, s->n_history);
+    if (!worker_grow(&s->history, &s->cap_history, s->n_history + q->n_tokens)) goto nomem;
+    memcpy(s->history + s->n_history, tokens, (size_t)q->n_tokens * sizeof(int32_t));
+    s->n_history += q->n_tokens;
+
+    /* The random stream: seeded by the request's seed, rng_draws draws already taken. */
+    uint64_t seed = q->sampling ? q->sampling->seed : 0;
+    if (!s->rng_valid || s->draws != q->rng_draws) {
+        sampler_rng_seed(&s->rng, seed);
+        for (uint64_t i = 0; i < q->rng_draws; i++) sampler_rng_next(&s->rng);
+        s->draws = q->rng_draws;
+        s->rng_valid = true;
+    }
+    return CINDER_OK;
+nomem:
+    return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for sequence %llu",
+                            (unsigned long long)q->seq_id);
+}
+
+/* log p(token) under the model's own distribution (before penalty and temperature). */
+static float worker_logprob(const float *row, int vocab, int32_t token) {
+    float mx = row[0];
+    for (int i = 1; i < vocab; i++) mx = row[i] > mx ? row[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)(row[i] - mx));
+    float lp = (float)((double)(row[token] - mx) - log(sum));
+    return lp > 0 ? 0 : lp;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Steps */
+
+static cinder_status worker_run_step(worker *w, const Cinder__Step *st, Cinder__StepResult *res,
+                                     Cinder__SeqResult *results, Cinder__SeqResult **result_ptrs,
+                                     int32_t *sampled, float *lps, cinder_error *err) {
+    kv_cache *kv = engine_kv(w->e);
+    for (size_t i = 0; i < st->n_copies; i++) kv_cache_copy_block(kv, st->copies[i]->src, st->copies[i]->dst);
+    for (size_t i = 0; i < st->n_release_seqs; i++) worker_seq_release(w, st->release_seqs[i]);
+    if (st->n_seqs == 0) return CINDER_OK;
+    if ((int)st->n_seqs > w->max_seqs)
+        return cinder_error_set(err, CINDER_ERR_ARG, "a step of %zu sequences; this worker takes %d",
+                                st->n_seqs, w->max_seqs);
+    int rows = 0;
+    size_t off = 0;
+    for (size_t i = 0; i < st->n_seqs; i++) {
+        const Cinder__StepSeq *q = st->seqs[i];
+        worker_seq *s = worker_seq_get(w, q->seq_id);
+        if (!s) return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for sequences");
+        cinder_status status = worker_seq_update(w, s, q, st->tokens + off, err);
+        if (status) return status;
+        w->eseqs[i] = (engine_seq){.tokens = st->tokens + off,
+                                   .n_tokens = q->n_tokens,
+                                   .pos = q->pos,
+                                   .block_table = s->table,
+                                   .n_blocks = s->n_table,
+                                   .all_logits = q->all_logits};
+        rows += q->all_logits ? q->n_tokens : 1;
+        off += (size_t)q->n_tokens;
+    }
+    if (rows > w->max_batch_tokens)
+        return cinder_error_set(err, CINDER_ERR_ARG, "a step asking for %d logit rows; at most %d",
+                                rows, w->max_batch_tokens);
+    cinder_status status = engine_step(w->e, w->eseqs, (int)st->n_seqs, w->logits, err);
+    if (status) return status;
+
+    int row = 0;
+    for (size_t i = 0; i < st->n_seqs; i++) {
+        const Cinder__StepSeq *q = st->seqs[i];
+        int n_rows = q->all_logits ? q->n_tokens : 1;
+        float *logits = w->logits + (size_t)(row + n_rows - 1) * (size_t)w->vocab;
+        row += n_rows;
+        Cinder__SeqResult *r = &results[i];
+        cinder__seq_result__init(r);
+        r->seq_id = q->seq_id;
+        result_ptrs[i] = r;
+        if (!q->sample) continue;
+        worker_seq *s = worker_seq_find(w, q->seq_id);
+        sampler_params p = sampler_params_default();
+        if (q->sampling) {
+            p.temperature = q->sampling->temperature;
+            p.top_k = q->sampling->top_k;
+            p.top_p = q->sampling->top_p;
+            p.min_p = q->sampling->min_p;
+            p.repetition_penalty = q->sampling->repetition_penalty;
+            p.seed = q->sampling->seed;
+        }
+        if (q->logprobs) memcpy(w->raw_row, logits, (size_t)w->vocab * sizeof(float));
+        sampled[i] = sampler_sample(w->smp, &p, &s->rng, logits, s->history, s->n_history);
+        if (p.temperature > 0) s->draws++;
+        r->n_tokens = 1;
+        r->tokens = &sampled[i];
+        if (q->logprobs) {
+            lps[i] = worker_logprob(w->raw_row, w->vocab, sampled[i]);
+            r->n_logprobs = 1;
+            r->logprobs = &lps[i];
+        }
+    }
+    res->n_seqs = st->n_seqs;
+    res->seqs = result_ptrs;
+    return CINDER_OK;
+}
+
+static void worker_on_step(worker *w, const Cinder__Step *st) {
+    uint64_t t0 = wire_now_us();
+    size_t n = st->n_seqs ? st->n_seqs : 1;
+    Cinder__SeqResult *results = calloc(n, sizeof *results);
+    Cinder__SeqResult **ptrs = calloc(n, sizeof *ptrs);
+    int32_t *sampled = calloc(n, sizeof *sampled);
+    float *lps = calloc(n, sizeof *lps);
+    Cinder__StepResult res = CINDER__STEP_RESULT__INIT;
+    res.step_id = st->step_id;
+    res.group = (int32_t)w->args.group;
+    res.rank = w->rank;
+    cinder_error err = {0};
+    cinder_status s = !results || !ptrs || !sampled || !lps
+                          ? cinder_error_set(&err, CINDER_ERR_NOMEM, "out of memory for a step")
+                          : worker_run_step(w, st, &res, results, ptrs, sampled, lps, &err);
+    if (s) {
+        LOG_ERROR("step %llu failed: %s", (unsigned long long)st->step_id, err.msg);
+        res.n_seqs = 0;
+        res.seqs = NULL;
+        res.error = err.msg;
+    }
+    w->steps_done++;
+    res.elapsed_us = wire_now_us() - t0;
+    if (w->rank == 0) {
+        Cinder__Envelope env = CINDER__ENVELOPE__INIT;
+        env.body_case = CINDER__ENVELOPE__BODY_STEP_RESULT;
+        env.step_result = &res;
+        worker_send(w, &env);
+    }
+    free(results);
+    free(ptrs);
+    free(sampled);
+    free(lps);
+}
+
+/* Executes steps until Shutdown, a signal, or the coordinator falls silent. */
+static int worker_serve(worker *w) {
+    uint64_t hb_us = (uint64_t)w->args.heartbeat_ms * 1000u;
+    while (!worker_stop) {
+        uint64_t now = wire_now_us();
+        if (now - w->last_sent_us >= hb_us) worker_send_heartbeat(w);
+        if (now - w->last_heard_us > (uint64_t)w->args.timeout_ms * 1000u) {
+            LOG_ERROR("the coordinator at %s has been silent for %lld ms; leaving",
+                      w->args.coordinator, (long long)w->args.timeout_ms);
+            return 1;
+        }
+        Cinder__Envelope *env;
+        cinder_error err = {0};
+        cinder_status s = worker_wait(w, (int)(hb_us / 1000u), &env, &err);
+        if (s == CINDER_ERR_NOT_FOUND || s == CINDER_ERR_FORMAT || s == CINDER_ERR_ARG ||
+            s == CINDER_ERR_RANGE || s == CINDER_ERR_UNSUPPORTED)
+            continue;
+        if (s) {
+            LOG_ERROR("%s", err.msg);
+            return 1;
+        }
+        switch (env->body_case) {
+            case CINDER__ENVELOPE__BODY_STEP: worker_on_step(w, env->step); break;
+            case CINDER__ENVELOPE__BODY_HEARTBEAT: break;
+            case CINDER__ENVELOPE__BODY_SHUTDOWN:
+                LOG_INFO("shutdown: %s", env->shutdown->reason);
+                proto_envelope_free(env);
+                return 0;
+            case CINDER__ENVELOPE__BODY_ERROR:
+                LOG_ERROR("the coordinator says: %s", env->error->message);
+                break;
+            default: LOG_WARN("ignored %s", proto_body_name(env->body_case)); break;
+        }
+        proto_envelope_free(env);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void worker_free(worker *w) {
+    for (int i = 0; i < w->n_seqs; i++) {
+        free(w->seqs[i].history);
+        free(w->seqs[i].table);
+    }
+    free(w->seqs);
+    free(w->eseqs);
+    free(w->logits);
+    free(w->raw_row);
+    sampler_free(w->smp);
+    engine_free(w->e);
+    model_free(w->m);
+    if (w->sock) zmq_close(w->sock);
+    if (w->zctx) zmq_ctx_term(w->zctx);
+}
+
+int main(int argc, char **argv) {
+    worker w = {0};
+    cli_option opts[] = {
+        {"coordinator", CLI_STR, &w.args.coordinator, NULL, 0, 0, "ENDPOINT",
+         "the coordinator's control endpoint (tcp://HOST:5556)", true},
+        {"threads", CLI_INT, &w.args.threads, "0", 0, 1024, "N", "CPU threads per rank (0: all)",
+         false},
+        {"group", CLI_INT, &w.args.group, "0", 0, PROTO_MAX_WORLD_SIZE - 1, "G",
+         "this worker group's id (one per mpirun job)", false},
+        {"heartbeat-ms", CLI_INT, &w.args.heartbeat_ms, "1000", 10, 60000, "MS",
+         "heartbeat interval", false},
+        {"timeout-ms", CLI_INT, &w.args.timeout_ms, "30000", 100, 3600000, "MS",
+         "leave when the coordinator is silent this long (and the join deadline)", false},
+    };
+    const char *usage = "mpirun -np N cinder-worker --coordinator ENDPOINT [--threads N] [--group G]";
+    cinder_error err = {0};
+    int n_pos;
+    switch (cli_parse(opts, N_OPTS(opts), argc - 1, argv + 1, NULL, 0, &n_pos, &err)) {
+        case CLI_RESULT_HELP:
+            cli_print_help(stdout, usage,
+                           "One rank of a worker group: registers with the coordinator, loads the "
+                           "model and executes the coordinator's steps.",
+                           opts, N_OPTS(opts));
+            return 0;
+        case CLI_RESULT_ERROR: fprintf(stderr, "cinder-worker: %s\nusage: %s\n", err.msg, usage); return 2;
+        case CLI_RESULT_OK: break;
+    }
+    log_init_from_env();
+    w.world_size = 1;
+#ifdef CINDER_HAVE_MPI
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &w.world_size);
+#endif
+    log_set_rank(w.rank);
+    struct sigaction sa = {0};
+    sa.sa_handler = worker_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    int rc = 1;
+    w.zctx = zmq_ctx_new();
+    w.sock = w.zctx ? zmq_socket(w.zctx, ZMQ_DEALER) : NULL;
+    if (!w.sock || wire_socket_setup(w.sock, false, 0, &err)) {
+        fprintf(stderr, "cinder-worker: cannot create a socket: %s\n", err.msg[0] ? err.msg : zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    if (zmq_connect(w.sock, w.args.coordinator) != 0) {
+        fprintf(stderr, "cinder-worker: cannot connect to %s: %s\n", w.args.coordinator,
+                zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    w.last_heard_us = wire_now_us();
+    if (worker_join(&w, &err)) {
+        fprintf(stderr, "cinder-worker: rank %d of group %lld could not join: %s\n", w.rank,
+                (long long)w.args.group, err.msg);
+        goto out;
+    }
+    rc = worker_serve(&w);
+out:
+    worker_free(&w);
+#ifdef CINDER_HAVE_MPI
+    MPI_Finalize();
+#endif
+    return rc;
+}
