@@ -65,7 +65,10 @@ int generate_remote(const gen_args *a) {
     req.stop = stops;
     req.n_stop = a->stop ? 1 : 0;
     req.timeout_ms = (uint32_t)a->timeout_ms;
-    req.wait_ms = 0; /* the coordinator's --timeout-ms bounds the request; Ctrl-C cancels it */
+    /* Silence this long means the coordinator is gone (it streams every step, but a request
+     * may wait in its queue): the request's own limit plus a margin, else two minutes. */
+    req.wait_ms = a->timeout_ms ? (int)(a->timeout_ms < 2000000000 ? a->timeout_ms : 2000000000) + 10000
+                                : 120000;
 
     /* Ctrl-C once cancels the request (the coordinator ends it); twice kills. */
     struct sigaction sa = {0}, old;

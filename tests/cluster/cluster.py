@@ -165,7 +165,7 @@ class Cluster:
         mpirun = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)]
         if os.geteuid() == 0:
             mpirun.insert(1, "--allow-run-as-root")
-        argv = [*mpirun, self.worker_bin, "--coordinator", self.control,
+        argv = [*mpirun, self.worker_bin, "--coordinator", self.control, "--group", str(len(self.groups)),
                 *(self.worker_args if worker_args is None else worker_args)]
         g = self._spawn(f"group{len(self.groups)}", argv)
         self.groups.append(g)
