@@ -40,20 +40,26 @@ static void ccl_copy(char *dst, size_t cap, const char *src) {
 }
 
 cinder_client_options cinder_client_options_default(void) {
-    return (cinder_client_options){.connect_timeout_ms = 5000, .timeout_ms = 60000,
-                                   .max_frame_bytes = PROTO_MAX_FRAME_BYTES};
+    return (cinder_client_options){
+        .connect_timeout_ms = 5000, .timeout_ms = 60000, .max_frame_bytes = PROTO_MAX_FRAME_BYTES};
 }
 
 /* ---- Names ------------------------------------------------------------------------------- */
 
 const char *cinder_finish_reason_name(cinder_finish reason) {
     switch (reason) {
-        case CINDER_FINISH_STOP: return "stop";
-        case CINDER_FINISH_LENGTH: return "length";
-        case CINDER_FINISH_CANCELLED: return "cancelled";
-        case CINDER_FINISH_ERROR: return "error";
-        case CINDER_FINISH_TIMEOUT: return "timeout";
-        default: return "unspecified";
+        case CINDER_FINISH_STOP:
+            return "stop";
+        case CINDER_FINISH_LENGTH:
+            return "length";
+        case CINDER_FINISH_CANCELLED:
+            return "cancelled";
+        case CINDER_FINISH_ERROR:
+            return "error";
+        case CINDER_FINISH_TIMEOUT:
+            return "timeout";
+        default:
+            return "unspecified";
     }
 }
 
@@ -67,12 +73,18 @@ const char *cinder_error_code_name(int code) {
 /* The status a coordinator's Error code stands for (see the header). */
 static cinder_status ccl_code_status(int code) {
     switch (code) {
-        case CINDER__ERROR_CODE__ERROR_CODE_MALFORMED: return CINDER_ERR_FORMAT;
-        case CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED: return CINDER_ERR_UNSUPPORTED;
-        case CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT: return CINDER_ERR_ARG;
-        case CINDER__ERROR_CODE__ERROR_CODE_TOO_LARGE: return CINDER_ERR_RANGE;
-        case CINDER__ERROR_CODE__ERROR_CODE_NOT_FOUND: return CINDER_ERR_NOT_FOUND;
-        default: return CINDER_ERR_IO;
+        case CINDER__ERROR_CODE__ERROR_CODE_MALFORMED:
+            return CINDER_ERR_FORMAT;
+        case CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED:
+            return CINDER_ERR_UNSUPPORTED;
+        case CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT:
+            return CINDER_ERR_ARG;
+        case CINDER__ERROR_CODE__ERROR_CODE_TOO_LARGE:
+            return CINDER_ERR_RANGE;
+        case CINDER__ERROR_CODE__ERROR_CODE_NOT_FOUND:
+            return CINDER_ERR_NOT_FOUND;
+        default:
+            return CINDER_ERR_IO;
     }
 }
 
@@ -195,8 +207,8 @@ cinder_client *cinder_client_connect(const char *endpoint, const cinder_client_o
     CCL_ZMQ_CHECK(zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg));
     if (zmq_connect(c->sock, endpoint) < 0) {
         cinder_error_set(err, CINDER_ERR_ARG,
-                         "cannot connect to '%s': %s (an endpoint reads tcp://HOST:PORT)",
-                         endpoint, zmq_strerror(errno));
+                         "cannot connect to '%s': %s (an endpoint reads tcp://HOST:PORT)", endpoint,
+                         zmq_strerror(errno));
         goto fail;
     }
 

@@ -93,12 +93,12 @@ typedef struct cinder_gen_request {
     size_t n_stop;
     const int32_t *stop_token_ids;
     size_t n_stop_token_ids;
-    bool stream;             /* init: true */
-    bool logprobs;           /* a log-probability per generated token */
-    uint32_t timeout_ms;     /* the coordinator ends the request with TIMEOUT after this (0: none) */
-    const char *model;       /* NULL or "": the served model */
-    int wait_ms;             /* client side: the longest wait for the next message
-                                (init -1: the client's timeout_ms; 0: forever) */
+    bool stream;         /* init: true */
+    bool logprobs;       /* a log-probability per generated token */
+    uint32_t timeout_ms; /* the coordinator ends the request with TIMEOUT after this (0: none) */
+    const char *model;   /* NULL or "": the served model */
+    int wait_ms;         /* client side: the longest wait for the next message
+                            (init -1: the client's timeout_ms; 0: forever) */
 } cinder_gen_request;
 
 /* Fills r with the defaults (greedy, max_tokens 256, stream on, no prompt). */

@@ -67,8 +67,9 @@ int generate_remote(const gen_args *a) {
     req.timeout_ms = (uint32_t)a->timeout_ms;
     /* Silence this long means the coordinator is gone (it streams every step, but a request
      * may wait in its queue): the request's own limit plus a margin, else two minutes. */
-    req.wait_ms = a->timeout_ms ? (int)(a->timeout_ms < 2000000000 ? a->timeout_ms : 2000000000) + 10000
-                                : 120000;
+    req.wait_ms = a->timeout_ms
+                      ? (int)(a->timeout_ms < 2000000000 ? a->timeout_ms : 2000000000) + 10000
+                      : 120000;
 
     /* Ctrl-C once cancels the request (the coordinator ends it); twice kills. */
     struct sigaction sa = {0}, old;
@@ -119,12 +120,17 @@ static size_t pb_elem_size(ProtobufCType t) {
         case PROTOBUF_C_TYPE_SFIXED64:
         case PROTOBUF_C_TYPE_UINT64:
         case PROTOBUF_C_TYPE_FIXED64:
-        case PROTOBUF_C_TYPE_DOUBLE: return 8;
+        case PROTOBUF_C_TYPE_DOUBLE:
+            return 8;
         case PROTOBUF_C_TYPE_STRING:
-        case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
-        case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
-        case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
-        default: return 4;
+        case PROTOBUF_C_TYPE_MESSAGE:
+            return sizeof(void *);
+        case PROTOBUF_C_TYPE_BYTES:
+            return sizeof(ProtobufCBinaryData);
+        case PROTOBUF_C_TYPE_BOOL:
+            return sizeof(protobuf_c_boolean);
+        default:
+            return 4;
     }
 }
 
@@ -132,17 +138,24 @@ static cJSON *pb_json_value(const ProtobufCFieldDescriptor *f, const void *p) {
     switch (f->type) {
         case PROTOBUF_C_TYPE_INT32:
         case PROTOBUF_C_TYPE_SINT32:
-        case PROTOBUF_C_TYPE_SFIXED32: return cJSON_CreateNumber(*(const int32_t *)p);
+        case PROTOBUF_C_TYPE_SFIXED32:
+            return cJSON_CreateNumber(*(const int32_t *)p);
         case PROTOBUF_C_TYPE_UINT32:
-        case PROTOBUF_C_TYPE_FIXED32: return cJSON_CreateNumber(*(const uint32_t *)p);
+        case PROTOBUF_C_TYPE_FIXED32:
+            return cJSON_CreateNumber(*(const uint32_t *)p);
         case PROTOBUF_C_TYPE_INT64:
         case PROTOBUF_C_TYPE_SINT64:
-        case PROTOBUF_C_TYPE_SFIXED64: return cJSON_CreateNumber((double)*(const int64_t *)p);
+        case PROTOBUF_C_TYPE_SFIXED64:
+            return cJSON_CreateNumber((double)*(const int64_t *)p);
         case PROTOBUF_C_TYPE_UINT64:
-        case PROTOBUF_C_TYPE_FIXED64: return cJSON_CreateNumber((double)*(const uint64_t *)p);
-        case PROTOBUF_C_TYPE_FLOAT: return cJSON_CreateNumber(*(const float *)p);
-        case PROTOBUF_C_TYPE_DOUBLE: return cJSON_CreateNumber(*(const double *)p);
-        case PROTOBUF_C_TYPE_BOOL: return cJSON_CreateBool(*(const protobuf_c_boolean *)p);
+        case PROTOBUF_C_TYPE_FIXED64:
+            return cJSON_CreateNumber((double)*(const uint64_t *)p);
+        case PROTOBUF_C_TYPE_FLOAT:
+            return cJSON_CreateNumber(*(const float *)p);
+        case PROTOBUF_C_TYPE_DOUBLE:
+            return cJSON_CreateNumber(*(const double *)p);
+        case PROTOBUF_C_TYPE_BOOL:
+            return cJSON_CreateBool(*(const protobuf_c_boolean *)p);
         case PROTOBUF_C_TYPE_ENUM: {
             int v = *(const int *)p;
             const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(f->descriptor, v);
@@ -176,7 +189,8 @@ static cJSON *pb_json_message(const ProtobufCMessage *m) {
             const char *elems = *(char *const *)field;
             size_t sz = pb_elem_size(f->type);
             v = cJSON_CreateArray();
-            for (size_t k = 0; k < n; k++) cJSON_AddItemToArray(v, pb_json_value(f, elems + k * sz));
+            for (size_t k = 0; k < n; k++)
+                cJSON_AddItemToArray(v, pb_json_value(f, elems + k * sz));
         } else {
             if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
                 *(const uint32_t *)((const char *)m + f->quantifier_offset) != f->id)
@@ -205,10 +219,14 @@ static int remote_print_json(const ProtobufCMessage *m) {
 
 static const char *group_state_name(int state) {
     switch (state) {
-        case CINDER__GROUP_STATE__GROUP_STATE_JOINING: return "joining";
-        case CINDER__GROUP_STATE__GROUP_STATE_READY: return "ready";
-        case CINDER__GROUP_STATE__GROUP_STATE_LOST: return "lost";
-        default: return "unknown";
+        case CINDER__GROUP_STATE__GROUP_STATE_JOINING:
+            return "joining";
+        case CINDER__GROUP_STATE__GROUP_STATE_READY:
+            return "ready";
+        case CINDER__GROUP_STATE__GROUP_STATE_LOST:
+            return "lost";
+        default:
+            return "unknown";
     }
 }
 
@@ -284,9 +302,14 @@ static int remote_parse(const char *name, const char *summary, int argc, char **
     const char *pos[1];
     int n_pos;
     switch (cli_parse(opts, N_OPTS(opts), argc, argv, pos, 0, &n_pos, &err)) {
-        case CLI_RESULT_HELP: cli_print_help(stdout, usage, summary, opts, N_OPTS(opts)); return 0;
-        case CLI_RESULT_ERROR: fprintf(stderr, "cinder: %s\nusage: %s\n", err.msg, usage); return 2;
-        case CLI_RESULT_OK: break;
+        case CLI_RESULT_HELP:
+            cli_print_help(stdout, usage, summary, opts, N_OPTS(opts));
+            return 0;
+        case CLI_RESULT_ERROR:
+            fprintf(stderr, "cinder: %s\nusage: %s\n", err.msg, usage);
+            return 2;
+        case CLI_RESULT_OK:
+            break;
     }
     return -1;
 }

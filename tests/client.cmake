@@ -2,9 +2,10 @@
 # against a stand-in coordinator (always) and against a real coordinator + worker group started
 # by tests/cluster/cluster.py (skipped, exit 77, without the model file, mpirun or the programs).
 if(TARGET cinder_client)
-  # Not a ctest of its own (it needs a server): the scripts below run it against one.
+  # Not a ctest of its own (it needs a server): the scripts below run it against one. Linked
+  # to the shared libcinder-client, so that its exports are what is tested.
   add_executable(test_client test_client.c)
-  target_link_libraries(test_client PRIVATE cinder_client)
+  target_link_libraries(test_client PRIVATE cinder_client_shared)
   target_include_directories(test_client PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 
   # The Python client's cinder_pb2.py, generated from proto/cinder.proto (never committed).

@@ -28,7 +28,8 @@ static int collect(void *user, const cinder_gen_chunk *ch) {
         c->len += ch->text_len;
         c->text[c->len] = 0;
     }
-    for (size_t i = 0; i < ch->n_tokens && c->n_ids < 4096; i++) c->ids[c->n_ids++] = ch->token_ids[i];
+    for (size_t i = 0; i < ch->n_tokens && c->n_ids < 4096; i++)
+        c->ids[c->n_ids++] = ch->token_ids[i];
     c->chunks++;
     return c->cancel_after > 0 && c->chunks == c->cancel_after;
 }
@@ -143,7 +144,8 @@ static void test_dead_endpoint(void) {
     CHECK(!c);
     CHECK(now_s() - t0 < 3);
     CHECK_EQ_INT(err.status, CINDER_ERR_IO);
-    CHECK_MSG(test_contains(err.msg, "no answer from tcp://127.0.0.1:1 within 300 ms"), "%s", err.msg);
+    CHECK_MSG(test_contains(err.msg, "no answer from tcp://127.0.0.1:1 within 300 ms"), "%s",
+              err.msg);
     CHECK(!cinder_client_connect("nonsense", &o, &err));
     CHECK_MSG(test_contains(err.msg, "tcp://HOST:PORT"), "%s", err.msg);
     cinder_client_free(NULL);
