@@ -139,7 +139,7 @@ typedef struct coord {
 
     uint64_t t_start, next_seq_id, next_step_id;
     uint64_t requests_total, requests_finished, requests_rejected;
-    uint64_t prompt_tokens_total, output_tokens_total;
+    uint64_t prompt_tokens_total, output_tokens_total, preemptions;
     /* Counters sampled once a second, for the rates in Status. */
     struct coord_sample {
         uint64_t t, prompt, output, finished;

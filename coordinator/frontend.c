@@ -554,6 +554,7 @@ void front_fill_status(coord *co, Cinder__Envelope *env) {
     st->requests_rejected = co->requests_rejected;
     st->prompt_tokens_total = co->prompt_tokens_total;
     st->output_tokens_total = co->output_tokens_total;
+    st->preemptions = co->preemptions;
     if (co->n_samples >= 2) {
         const struct coord_sample *a = &co->samples[0], *b = &co->samples[co->n_samples - 1];
         double dt = (double)(b->t - a->t) * 1e-6;

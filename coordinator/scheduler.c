@@ -110,6 +110,7 @@ static void sched_preempt(coord *co, request *r) {
     LOG_DEBUG("preempting request %s (sequence %llu, %d tokens) on group %d", r->id,
               (unsigned long long)r->seq_id, r->n_tokens, g->id);
     sched_detach(co, r);
+    co->preemptions++;
     r->state = REQ_WAITING;
     list_push_front(&co->wait_head, &co->wait_tail, r);
     co->n_waiting++;

@@ -1,0 +1,385 @@
+#!/usr/bin/env python3
+"""Serving tests against a real cluster: cinder-coordinator + `mpirun -np 1 cinder-worker` on
+loopback, the real SmolLM2 model, real sockets.
+
+    test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
+                                        bad_input)
+
+Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
+or waiting). Exit 77 (ctest SKIP) when the model, mpirun or the programs are missing.
+"""
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import Cluster, build_dir, skip_unless_runnable  # noqa: E402
+
+import zmq  # noqa: E402
+from cinder_client import CinderError, Client  # noqa: E402
+from cinder_client._proto import pb  # noqa: E402
+
+FAILURES = []
+
+
+def check(cond, what):
+    if cond:
+        print(f"  ok   {what}")
+    else:
+        print(f"  FAIL {what}")
+        FAILURES.append(what)
+
+
+def wait_idle(cl, timeout_s=20):
+    """Waits until nothing runs or waits and no KV block is referenced; returns the status."""
+    deadline = time.time() + timeout_s
+    while True:
+        st = cl.status()
+        if (st.running_seqs == 0 and st.queue_waiting == 0 and st.kv.blocks_used == 0) or \
+                time.time() > deadline:
+            return st
+        time.sleep(0.1)
+
+
+def check_pool_whole(cl, what):
+    st = wait_idle(cl)
+    check(st.kv.blocks_used == 0 and st.running_seqs == 0 and st.queue_waiting == 0 and
+          st.kv.blocks_free == st.kv.blocks_total,
+          f"{what}: pool whole again (used {st.kv.blocks_used}, free {st.kv.blocks_free} of "
+          f"{st.kv.blocks_total}, running {st.running_seqs}, waiting {st.queue_waiting})")
+    return st
+
+
+SENTENCES = [
+    "The river runs past the old mill and under the stone bridge.",
+    "Every morning the baker lights the oven before sunrise.",
+    "Mathematics is the language in which the universe is written.",
+    "A small robot learned to paint by watching the clouds.",
+    "The library keeps maps of coastlines that no longer exist.",
+    "Trains leave the northern station every fifteen minutes.",
+]
+
+
+def prompt_of(i, n_sentences):
+    body = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(n_sentences))
+    return f"Request {i}. {body} Summarize the text above in one sentence."
+
+
+def run_requests(endpoint, reqs, concurrent):
+    """reqs: list of dicts of generate() arguments. Returns the Results in order."""
+    out = [None] * len(reqs)
+    errors = []
+
+    def one(i):
+        try:
+            with Client(endpoint, timeout_ms=300000) as c:
+                out[i] = c.generate(stream=True, **reqs[i]).collect()
+        except Exception as e:  # reported below
+            errors.append((i, e))
+
+    if concurrent:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(reqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for i in range(len(reqs)):
+            one(i)
+    for i, e in errors:
+        check(False, f"request {i} raised {e!r}")
+    return out
+
+
+def compare(alone, together, what):
+    same = 0
+    for i, (a, b) in enumerate(zip(alone, together)):
+        if a is None or b is None:
+            continue
+        if a.token_ids == b.token_ids and a.text == b.text and a.finish_reason == b.finish_reason:
+            same += 1
+        else:
+            print(f"    request {i} differs:\n      alone:    {a.token_ids}\n      together: {b.token_ids}")
+    check(same == len(alone), f"{what}: {same}/{len(alone)} outputs equal to the request served alone")
+
+
+# ------------------------------------------------------------------------------------------
+
+def scenario_concurrency(model):
+    """16 concurrent clients with different prompts and lengths equal each request served
+    alone; steps of 128 tokens force chunked prefill next to running decodes."""
+    reqs = []
+    for i in range(16):
+        r = dict(chat=[("user", prompt_of(i, 1 + (i * 5) % 23))], max_tokens=6 + (i * 7) % 29,
+                 temperature=0.0)
+        if i % 5 == 4:  # seeded sampling: the random stream must not depend on the batch
+            r.update(temperature=0.9, top_p=0.95, seed=1000 + i)
+        reqs.append(r)
+    with Cluster(model, coordinator_args=["--max-batch-tokens", "128"]) as cl:
+        alone = run_requests(cl.endpoint, reqs, concurrent=False)
+        check(all(r is not None and r.finish_reason in ("stop", "length") for r in alone),
+              "16 requests alone finished")
+        t0 = time.time()
+        together = run_requests(cl.endpoint, reqs, concurrent=True)
+        print(f"    16 concurrent requests in {time.time() - t0:.1f} s")
+        compare(alone, together, "16 concurrent clients")
+        long_prompts = [r.usage["prompt_tokens"] for r in alone if r and r.usage["prompt_tokens"] > 128]
+        check(len(long_prompts) >= 4, f"{len(long_prompts)} prompts longer than a step's budget (chunked)")
+        st = check_pool_whole(cl, "after the concurrent run")
+        check(st.requests_finished == 32 and st.output_tokens_total > 0,
+              f"status counts 32 finished requests ({st.requests_finished})")
+
+
+def scenario_prefix(model):
+    """Requests sharing a long system prompt hit the prefix cache, and their outputs equal the
+    uncached engine's (`cinder generate` in one process, no cache)."""
+    system = "You are a careful assistant. " + " ".join(SENTENCES * 5)
+    questions = ["What is 2 + 2?", "Name a color.", "What is the capital of France?",
+                 "Say hello."]
+    with Cluster(model) as cl:
+        with cl.client() as c:
+            results = [c.generate(chat=[("system", system), ("user", q)], max_tokens=12,
+                                  temperature=0.0, stream=False) for q in questions]
+            st = c.status()
+        cached = [r.usage["cached_prompt_tokens"] for r in results]
+        prompt = results[0].usage["prompt_tokens"]
+        check(prompt > 200, f"the shared prompt is long ({prompt} tokens)")
+        check(cached[0] == 0, f"the first request found nothing cached ({cached[0]})")
+        check(all(x >= prompt - 32 - 16 for x in cached[1:]),
+              f"the later requests found the system prompt cached ({cached[1:]} of ~{prompt})")
+        check(st.prefix_cache_hits > 0 and st.prefix_cache_hits <= st.prefix_cache_queries,
+              f"Status counts prefix-cache hits ({st.prefix_cache_hits} of "
+              f"{st.prefix_cache_queries} blocks)")
+        cinder = os.path.join(build_dir(), "cinder")
+        for q, r in zip(questions, results):
+            local = subprocess.run([cinder, "generate", "--model", model, "--chat", "--system", system,
+                                    "--prompt", q, "--temperature", "0", "--max-tokens", "12",
+                                    "--threads", "1"], capture_output=True, text=True, timeout=300)
+            text = local.stdout[:-1] if local.stdout.endswith("\n") else local.stdout
+            check(local.returncode == 0 and text == r.text,
+                  f"cached output equals the uncached engine's for {q!r} ({r.text!r} vs {text!r})")
+        check_pool_whole(cl, "after the prefix-cache run")
+
+
+def scenario_preemption(model):
+    """A KV pool of 24 blocks and 8 requests that need ~10 each: the scheduler preempts and
+    recomputes, every request finishes, outputs unchanged."""
+    reqs = []
+    for i in range(8):
+        r = dict(chat=[("user", prompt_of(i, 4 + i % 3))], max_tokens=48, temperature=0.0)
+        if i % 4 == 1:
+            r.update(temperature=0.8, seed=77 + i, repetition_penalty=1.1)
+        reqs.append(r)
+    args = ["--kv-blocks", "24", "--block-size", "16", "--max-batch-tokens", "96"]
+    with Cluster(model, coordinator_args=args) as cl:
+        alone = run_requests(cl.endpoint, reqs, concurrent=False)
+        before = cl.status().preemptions
+        together = run_requests(cl.endpoint, reqs, concurrent=True)
+        st = check_pool_whole(cl, "after the preemption run")
+        check(st.kv.blocks_total == 24, f"the pool has 24 blocks ({st.kv.blocks_total})")
+        check(st.preemptions > before, f"requests were preempted ({st.preemptions - before} times)")
+        check(all(r is not None for r in together), "every request finished")
+        compare(alone, together, "under preemption")
+
+
+def raw_socket(endpoint, hello=True):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    if hello:
+        env = pb.Envelope()
+        env.hello.major = 1
+        env.hello.role = pb.ROLE_CLIENT
+        s.send(env.SerializeToString())
+        assert recv(s).WhichOneof("body") == "hello"
+    return s
+
+
+def recv(s, timeout_ms=60000):
+    if not s.poll(timeout_ms):
+        raise TimeoutError("no reply")
+    env = pb.Envelope()
+    env.ParseFromString(s.recv())
+    return env
+
+
+def send_request(s, rid, **fields):
+    env = pb.Envelope()
+    q = env.generate_request
+    q.request_id = rid
+    q.max_tokens = fields.pop("max_tokens", 16)
+    q.text = fields.pop("text", "Hello there")
+    for k, v in fields.items():
+        if k == "sampling":
+            q.sampling.top_p = 1.0
+            q.sampling.repetition_penalty = 1.0
+            for sk, sv in v.items():
+                setattr(q.sampling, sk, sv)
+        elif k == "tokens":
+            q.tokens.ids.extend(v)
+        else:
+            setattr(q, k, v)
+    s.send(env.SerializeToString())
+
+
+def scenario_lifecycle(model):
+    """Cancel, timeout and a client that disconnects mid-stream all give their blocks back."""
+    story = [("user", "Write a very long story about a dragon who learns to cook. Make it long.")]
+    with Cluster(model) as cl:
+        with cl.client() as c:
+            st = c.generate(chat=story, max_tokens=400, temperature=0.0)
+            n = 0
+            for _ in st:
+                n += 1
+                if n == 3:
+                    st.cancel()
+            r = st.result
+            check(r.finish_reason == "cancelled" and r.usage["completion_tokens"] < 400,
+                  f"cancel mid-stream ends the request as cancelled ({r.finish_reason}, "
+                  f"{r.usage.get('completion_tokens')} tokens)")
+        check_pool_whole(cl, "after cancel")
+
+        with cl.client() as c:
+            r = c.generate(chat=story, max_tokens=400, temperature=0.0, timeout_ms=700, stream=False)
+            check(r.finish_reason == "timeout" and r.timings["total_us"] >= 700000,
+                  f"a 700 ms timeout ends the request as timeout ({r.finish_reason}, "
+                  f"{r.timings.get('total_us', 0) / 1000:.0f} ms)")
+        check_pool_whole(cl, "after timeout")
+
+        before = cl.status().output_tokens_total
+        s = raw_socket(cl.endpoint)
+        env = pb.Envelope()
+        env.generate_request.request_id = "gone"
+        env.generate_request.max_tokens = 400
+        env.generate_request.stream = True
+        env.generate_request.chat.messages.add(role="user", content=story[0][1])
+        s.send(env.SerializeToString())
+        got = 0
+        while got < 2:
+            if recv(s).WhichOneof("body") == "generate_chunk":
+                got += 1
+        s.close(0)
+        time.sleep(0.5)
+        st = check_pool_whole(cl, "after a client disconnected mid-stream")
+        made = st.output_tokens_total - before
+        check(st.requests_finished == 3 and made < 50,
+              f"the disconnected request was ended early ({made} of up to 400 tokens made)")
+
+        s = raw_socket(cl.endpoint)
+        env = pb.Envelope()
+        env.cancel.request_id = "nobody"
+        s.send(env.SerializeToString())
+        e = recv(s)
+        check(e.WhichOneof("body") == "error" and e.error.code == pb.ERROR_CODE_NOT_FOUND,
+              "cancel of an unknown request: NOT_FOUND")
+        s.close(0)
+
+
+def expect_error(s, code, what, rid=None):
+    e = recv(s)
+    ok = e.WhichOneof("body") == "error" and e.error.code == code and \
+        (rid is None or e.error.request_id == rid)
+    msg = e.error.message if e.WhichOneof("body") == "error" else e.WhichOneof("body")
+    check(ok and len(msg) > 10, f"{what}: {pb.ErrorCode.Name(code)} ({msg!r})")
+
+
+def scenario_bad_input(model):
+    """Each bad input gets an Error with a reason; the coordinator keeps serving the others."""
+    with Cluster(model, coordinator_args=["--max-queue", "4", "--max-batch-tokens", "64"]) as cl:
+        s = raw_socket(cl.endpoint, hello=False)
+        send_request(s, "early")
+        expect_error(s, pb.ERROR_CODE_MALFORMED, "a request before Hello")
+        env = pb.Envelope()
+        env.hello.major = 2
+        env.hello.role = pb.ROLE_CLIENT
+        s.send(env.SerializeToString())
+        expect_error(s, pb.ERROR_CODE_UNSUPPORTED, "a Hello of protocol major 2")
+        s.close(0)
+
+        s = raw_socket(cl.endpoint)
+        s.send(b"\xff\xff\xff\xff not protobuf")
+        expect_error(s, pb.ERROR_CODE_MALFORMED, "a malformed frame")
+        s.send_multipart([b"\x0a\x00", b"\x0a\x00"])
+        expect_error(s, pb.ERROR_CODE_MALFORMED, "a message of two frames")
+        env = pb.Envelope()
+        env.hello.major = 1
+        env.hello.role = 77
+        s.send(env.SerializeToString())
+        expect_error(s, pb.ERROR_CODE_MALFORMED, "an unknown enum value")
+        send_request(s, "ctx", tokens=[1] * 9000)
+        expect_error(s, pb.ERROR_CODE_TOO_LARGE, "a prompt over the context", "ctx")
+        send_request(s, "vocab", tokens=[1, 2, 60000])
+        expect_error(s, pb.ERROR_CODE_INVALID_ARGUMENT, "a token id outside the vocabulary", "vocab")
+        for rid, sampling in [("temp", {"temperature": -1.0}), ("topp", {"top_p": 0.0}),
+                              ("topk", {"top_k": -5}), ("rep", {"repetition_penalty": 1e9}),
+                              ("hot", {"temperature": 1e6})]:
+            send_request(s, rid, sampling=sampling)
+            expect_error(s, pb.ERROR_CODE_INVALID_ARGUMENT, f"sampling {sampling}", rid)
+        send_request(s, "zero", max_tokens=0)
+        expect_error(s, pb.ERROR_CODE_INVALID_ARGUMENT, "max_tokens 0", "zero")
+        send_request(s, "huge", max_tokens=1 << 30)
+        expect_error(s, pb.ERROR_CODE_INVALID_ARGUMENT, "max_tokens 2^30", "huge")
+        send_request(s, "model", model="gpt-99")
+        expect_error(s, pb.ERROR_CODE_NOT_FOUND, "an unknown model", "model")
+        send_request(s, "dup", max_tokens=64)
+        send_request(s, "dup", max_tokens=64)
+        expect_error(s, pb.ERROR_CODE_DUPLICATE, "a request id already in flight", "dup")
+        while recv(s).WhichOneof("body") != "generate_done":
+            pass
+
+        # A flood beyond the queue bound: each request gets exactly one answer, some "busy".
+        n = 40
+        for i in range(n):
+            send_request(s, f"flood{i}", max_tokens=4)
+        ends = {}
+        while len(ends) < n:
+            e = recv(s)
+            b = e.WhichOneof("body")
+            if b == "error":
+                ends[e.error.request_id] = ("error", e.error.code, e.error.message)
+            elif b == "generate_done":
+                ends[e.generate_done.request_id] = ("done", e.generate_done.finish_reason, "")
+        busy = [v for v in ends.values() if v[0] == "error"]
+        done = [v for v in ends.values() if v[0] == "done"]
+        check(len(ends) == n and all(v[1] == pb.ERROR_CODE_BUSY and "busy" in v[2] for v in busy)
+              and len(busy) > 0 and len(done) >= 4,
+              f"a flood of {n}: {len(done)} served, {len(busy)} refused as busy")
+        s.close(0)
+
+        with cl.client() as c:
+            r = c.generate(chat=[("user", "What is the capital of France?")], max_tokens=16,
+                           temperature=0.0, stream=False)
+            check("Paris" in r.text, f"still serving after all that ({r.text!r})")
+        check_pool_whole(cl, "after bad input")
+        cl.check_alive()
+
+
+SCENARIOS = {
+    "concurrency": scenario_concurrency,
+    "prefix": scenario_prefix,
+    "preemption": scenario_preemption,
+    "lifecycle": scenario_lifecycle,
+    "bad_input": scenario_bad_input,
+}
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[2] not in SCENARIOS:
+        print(f"usage: {sys.argv[0]} MODEL {{{','.join(SCENARIOS)}}}")
+        return 2
+    model, name = sys.argv[1], sys.argv[2]
+    skip_unless_runnable(model, name=f"test_serving {name}")
+    print(f"test_serving {name}:")
+    SCENARIOS[name](model)
+    if FAILURES:
+        print(f"test_serving {name}: {len(FAILURES)} check(s) failed")
+        return 1
+    print(f"test_serving {name}: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
