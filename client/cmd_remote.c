@@ -270,9 +270,11 @@ static void print_status(const char *server, const Cinder__StatusReply *s) {
     if (s->prefix_cache_queries)
         printf(" (%.1f%%)", 100.0 * s->prefix_cache_hits / s->prefix_cache_queries);
     printf("\n");
-    printf("requests      %d waiting, %d running; %llu accepted, %llu finished, %llu rejected\n",
+    printf("requests      %d waiting, %d running; %llu accepted, %llu finished, %llu rejected; "
+           "%llu preemptions\n",
            s->queue_waiting, s->running_seqs, (unsigned long long)s->requests_total,
-           (unsigned long long)s->requests_finished, (unsigned long long)s->requests_rejected);
+           (unsigned long long)s->requests_finished, (unsigned long long)s->requests_rejected,
+           (unsigned long long)s->preemptions);
     printf("tokens        %llu prompt, %llu output\n", (unsigned long long)s->prompt_tokens_total,
            (unsigned long long)s->output_tokens_total);
     printf("rates         %.1f prompt tokens/s, %.1f output tokens/s, %.2f requests/s\n",
