@@ -400,9 +400,10 @@ cinder_status cinder_client_generate_next(cinder_client *c, cinder_gen_chunk *ch
         Cinder__Envelope *env = NULL;
         cinder_status s = ccl_recv(c, c->wait_ms, &env, err);
         if (s != CINDER_OK) {
-            /* Nothing came in time, or the socket failed: give the request up; whatever the
-             * coordinator still sends for it is dropped as stale. */
-            if (s == CINDER_ERR_IO && !c->cancel_sent) {
+            /* Nothing came in time, the socket failed or a frame did not decode: give the
+             * request up (asking the coordinator to end it too); whatever it still sends for
+             * the request is dropped as stale. */
+            if (!c->cancel_sent) {
                 cinder_error e2;
                 ccl_send_cancel(c, &e2);
             }
