@@ -13,7 +13,12 @@ static const struct {
     {"inspect", cmd_inspect, "describe a model file: architecture, sizes, tensors, tokenizer"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of token ids"},
-    {"generate", cmd_generate, "generate text from a prompt in this process (CPU engine)"},
+    {"generate", cmd_generate,
+     "generate text from a prompt, in this process (CPU engine) or on a coordinator (--server)"},
+#ifdef CINDER_HAVE_CLIENT
+    {"status", cmd_status, "a coordinator's state: worker groups, KV blocks, queue, counters"},
+    {"models", cmd_models, "the models a coordinator serves"},
+#endif
     {"write-model", cmd_write_model,
      "write a random-weight Llama model of any shape (GGUF or HF folder)"},
 };

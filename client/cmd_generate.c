@@ -24,12 +24,6 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-typedef struct gen_args {
-    const char *model, *prompt, *system, *stop;
-    bool chat, f32, ignore_eos, no_stream_stats;
-    int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks;
-    double temperature, top_p, min_p, repeat_penalty;
-} gen_args;
 
 /* Writes text released by the stop matcher. */
 static void gen_emit(stop_text *st, const char *piece, size_t len, bool *stopped) {
@@ -239,7 +233,10 @@ out:
 int cmd_generate(int argc, char **argv) {
     gen_args a = {0};
     cli_option opts[] = {
-        {"model", CLI_STR, &a.model, NULL, 0, 0, "PATH", "GGUF file or Hugging Face folder", true},
+        {"model", CLI_STR, &a.model, NULL, 0, 0, "PATH",
+         "GGUF file or Hugging Face folder (required without --server)", false},
+        {"server", CLI_STR, &a.server, NULL, 0, 0, "ENDPOINT",
+         "generate on a coordinator (tcp://HOST:PORT) instead of in this process", false},
         {"prompt", CLI_STR, &a.prompt, NULL, 0, 0, "TEXT", "the prompt", true},
         {"chat", CLI_FLAG, &a.chat, NULL, 0, 0, NULL,
          "the prompt is a user message in the model's chat template", false},
@@ -256,29 +253,65 @@ int cmd_generate(int argc, char **argv) {
         {"seed", CLI_INT, &a.seed, "-1", -1, 9.2e18, "S", "random seed (-1: from the clock)",
          false},
         {"stop", CLI_STR, &a.stop, NULL, 0, 0, "TEXT", "stop when this text is generated", false},
+        {"timeout-ms", CLI_INT, &a.timeout_ms, "0", 0, 4294967295.0, "N",
+         "with --server: the coordinator ends the request after N ms (0: none)", false},
         {"ignore-eos", CLI_FLAG, &a.ignore_eos, NULL, 0, 0, NULL,
-         "do not stop at the model's end tokens", false},
-        {"threads", CLI_INT, &a.threads, "0", 0, 1024, "N", "CPU threads (0: all)", false},
-        {"block-size", CLI_INT, &a.block_size, "16", 1, 4096, "N", "tokens per KV block", false},
+         "do not stop at the model's end tokens (local only)", false},
+        {"threads", CLI_INT, &a.threads, "0", 0, 1024, "N", "CPU threads (0: all; local only)",
+         false},
+        {"block-size", CLI_INT, &a.block_size, "16", 1, 4096, "N",
+         "tokens per KV block (local only)", false},
         {"kv-blocks", CLI_INT, &a.kv_blocks, "0", 0, 1 << 30, "N",
-         "KV pool size in blocks (0: what the prompt and --max-tokens need)", false},
+         "KV pool size in blocks (0: what the prompt and --max-tokens need; local only)", false},
         {"f32", CLI_FLAG, &a.f32, NULL, 0, 0, NULL,
-         "dequantize the weights to F32 (reference precision, slower)", false},
+         "dequantize the weights to F32 (reference precision, slower; local only)", false},
     };
     cinder_error err = {0};
     const char *pos[1];
     int n_pos;
-    const char *usage = "cinder generate --model PATH --prompt TEXT [--chat] [--max-tokens N] "
-                        "[--temperature T] [--top-p P] [--top-k K] [--seed S] [--threads N]";
+    const char *usage = "cinder generate (--model PATH | --server ENDPOINT) --prompt TEXT [--chat] "
+                        "[--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S] "
+                        "[--threads N]";
     switch (cli_parse(opts, N_OPTS(opts), argc, argv, pos, 0, &n_pos, &err)) {
         case CLI_RESULT_HELP:
             cli_print_help(stdout, usage,
-                           "Generates text from a prompt in this process and streams it to "
-                           "standard output; prompt and generation speed go to standard error.",
+                           "Generates text from a prompt in this process (--model) or on a "
+                           "cinder coordinator (--server) and streams it to standard output; "
+                           "prompt and generation speed go to standard error.",
                            opts, N_OPTS(opts));
             return 0;
         case CLI_RESULT_ERROR: fprintf(stderr, "cinder: %s\nusage: %s\n", err.msg, usage); return 2;
         case CLI_RESULT_OK: break;
+    }
+    if (a.server) {
+        /* What only the local engine has is refused rather than silently ignored. */
+        const char *local_only = a.model ? "--model (the coordinator serves its own)"
+                                 : a.f32 ? "--f32"
+                                 : a.ignore_eos ? "--ignore-eos"
+                                 : a.kv_blocks ? "--kv-blocks"
+                                 : a.threads ? "--threads"
+                                 : a.block_size != 16 ? "--block-size"
+                                                      : NULL;
+        if (local_only) {
+            fprintf(stderr, "cinder: %s applies to local generation, not with --server\nusage: %s\n",
+                    local_only, usage);
+            return 2;
+        }
+#ifdef CINDER_HAVE_CLIENT
+        return generate_remote(&a);
+#else
+        fprintf(stderr, "cinder: this build has no client (built without ZeroMQ/protobuf-c)\n");
+        return 1;
+#endif
+    }
+    if (!a.model) {
+        fprintf(stderr, "cinder: --model PATH is required (or --server ENDPOINT)\nusage: %s\n",
+                usage);
+        return 2;
+    }
+    if (a.timeout_ms) {
+        fprintf(stderr, "cinder: --timeout-ms applies with --server only\nusage: %s\n", usage);
+        return 2;
     }
     return gen_run(&a);
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages cinder builds and runs with. Needs root (or sudo). Idempotent:
+# Installs the Debian packages cinder builds and runs with (python3-zmq, python3-protobuf and
+# protobuf-compiler: the Python client and its tests, under /usr/bin/python3). Needs root (or sudo). Idempotent:
 # packages already present are not fetched again.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ packages=(
   python3 python3-pip
   libopenmpi-dev openmpi-bin
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
+  python3-zmq python3-protobuf protobuf-compiler
   libcjson-dev libpcre2-dev libsimde-dev
 )
 

@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""A real cinder cluster for tests: `cinder-coordinator` plus worker groups (`mpirun -np N
+cinder-worker`) on free loopback ports, ready when Status shows the groups READY, stopped
+(SIGTERM, then SIGKILL after a grace period) on exit, with every process's stderr shown when
+something failed.
+
+    from cluster import Cluster, skip_unless_runnable
+    skip_unless_runnable(model)            # exit 77 (ctest SKIP) without model/mpirun/programs
+    with Cluster(model, ranks=1, worker_args=["--threads", "1"]) as cl:
+        cl.endpoint                        # clients: tcp://127.0.0.1:PORT
+        cl.control                         # workers: tcp://127.0.0.1:PORT
+        with cl.client() as c: ...         # a cinder_client.Client
+        cl.add_group(ranks=2)              # another worker group (data parallelism)
+        cl.kill_group(0)                   # SIGKILL a group (failure tests)
+
+From a shell, for trying things by hand:
+    tests/cluster/cluster.py --model M [--ranks N] [--groups G]   (Ctrl-C stops it)
+
+The programs come from $CINDER_BUILD (default: build/ next to tests/). Environment needs
+client/python on PYTHONPATH (for cinder_client) and cinder_pb2 (see cinder_client/_proto.py).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.abspath(os.path.join(_HERE, "..", ".."))
+sys.path.insert(0, os.path.join(_ROOT, "client", "python"))
+
+SKIP = 77
+
+
+def build_dir():
+    return os.environ.get("CINDER_BUILD") or os.path.join(_ROOT, "build")
+
+
+def programs(build=None):
+    b = build or build_dir()
+    return os.path.join(b, "cinder-coordinator"), os.path.join(b, "cinder-worker")
+
+
+def skip_reason(model, build=None):
+    """Why a cluster cannot run here (None: it can)."""
+    if not model or not os.path.exists(model):
+        return f"model {model} not found"
+    if not shutil.which("mpirun"):
+        return "mpirun not found"
+    for p in programs(build):
+        if not os.access(p, os.X_OK):
+            return f"{p} not built"
+    return None
+
+
+def skip_unless_runnable(model, build=None, name="test"):
+    why = skip_reason(model, build)
+    if why:
+        print(f"{name}: {why}, skipping")
+        sys.exit(SKIP)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class _Proc:
+    def __init__(self, name, argv, log_dir, env):
+        self.name = name
+        self.argv = argv
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.log = open(self.log_path, "wb")
+        # A session of its own: mpirun's children go down with it.
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True, env=env)
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        try:
+            os.killpg(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, n=60):
+        self.log.flush()
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+class Cluster:
+    def __init__(self, model, ranks=1, groups=1, coordinator_args=(), worker_args=("--threads", "1"),
+                 build=None, ready_timeout_s=300, grace_s=10, env=None, wait_ready=True):
+        self.model = model
+        self.build = build or build_dir()
+        self.coordinator_bin, self.worker_bin = programs(self.build)
+        self.ranks = ranks
+        self.n_groups = groups
+        self.coordinator_args = list(coordinator_args)
+        self.worker_args = list(worker_args)
+        self.ready_timeout_s = ready_timeout_s
+        self.grace_s = grace_s
+        self.env = dict(os.environ, **(env or {}))
+        self.wait_for_ready = wait_ready
+        self.procs = []
+        self.failed = False  # report() was called: the logs are kept
+        self.coordinator = None
+        self.groups = []  # _Proc of each mpirun
+        self.log_dir = None
+        port, control = free_port(), free_port()
+        while control == port:
+            control = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.control = f"tcp://127.0.0.1:{control}"
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.report()
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        failed = exc_type is not None and not issubclass(exc_type, (SystemExit, KeyboardInterrupt))
+        if failed or (exc_type is SystemExit and exc and exc.code not in (0, None, SKIP)):
+            self.report()
+        self.stop()
+
+    def start(self):
+        self.log_dir = tempfile.mkdtemp(prefix="cinder-cluster-")
+        argv = [self.coordinator_bin, "--model", self.model, "--listen", self.endpoint,
+                "--control", self.control, *self.coordinator_args]
+        self.coordinator = self._spawn("coordinator", argv)
+        for _ in range(self.n_groups):
+            self.add_group(self.ranks, wait=False)
+        if self.wait_for_ready:
+            self.wait_ready(self.n_groups)
+
+    def _spawn(self, name, argv):
+        p = _Proc(name, argv, self.log_dir, self.env)
+        self.procs.append(p)
+        return p
+
+    def add_group(self, ranks=None, worker_args=None, wait=True):
+        """Starts another worker group (one mpirun job); waits until it is READY when wait."""
+        ranks = ranks or self.ranks
+        mpirun = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)]
+        if os.geteuid() == 0:
+            mpirun.insert(1, "--allow-run-as-root")
+        argv = [*mpirun, self.worker_bin, "--coordinator", self.control, "--group", str(len(self.groups)),
+                *(self.worker_args if worker_args is None else worker_args)]
+        g = self._spawn(f"group{len(self.groups)}", argv)
+        self.groups.append(g)
+        if wait:
+            self.wait_ready(sum(1 for x in self.groups if x.alive()))
+        return len(self.groups) - 1
+
+    def kill_group(self, index, sig=signal.SIGKILL):
+        self.groups[index].signal(sig)
+
+    def stop(self):
+        """SIGTERM to everything (workers first), SIGKILL what is left after the grace period."""
+        for p in reversed(self.procs):
+            if p.alive():
+                p.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for p in self.procs:
+            try:
+                p.p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"cluster: {p.name} ignored SIGTERM for {self.grace_s} s; SIGKILL", file=sys.stderr)
+                p.signal(signal.SIGKILL)
+                p.p.wait()
+            p.log.close()
+        if self.log_dir and not self.failed:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def report(self, file=sys.stderr):
+        """Prints the end of every process's output (and keeps the logs)."""
+        self.failed = True
+        for p in self.procs:
+            rc = p.p.poll()
+            state = "running" if rc is None else f"exited {rc}"
+            print(f"---- cluster {p.name} ({state}): {' '.join(p.argv)}", file=file)
+            print(p.tail(), file=file)
+        print(f"---- end of cluster output (logs kept in {self.log_dir})", file=file)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def check_alive(self):
+        for p in self.procs:
+            if not p.alive() and (p is self.coordinator or p in self.groups):
+                raise ClusterError(f"{p.name} exited with status {p.p.returncode}:\n{p.tail(30)}")
+
+    def client(self, timeout_ms=120000, connect_timeout_ms=5000):
+        from cinder_client import Client
+        return Client(self.endpoint, timeout_ms=timeout_ms, connect_timeout_ms=connect_timeout_ms)
+
+    def status(self, timeout_ms=5000):
+        with self.client(timeout_ms=timeout_ms, connect_timeout_ms=timeout_ms) as c:
+            return c.status()
+
+    def wait_ready(self, n_groups=1, timeout_s=None):
+        """Waits until Status shows n_groups READY groups; returns the StatusReply."""
+        from cinder_client import CinderError, pb
+        deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                st = self.status(timeout_ms=2000)
+                ready = sum(1 for g in st.groups if g.state == pb.GROUP_STATE_READY)
+                if ready >= n_groups:
+                    return st
+                last = f"{ready} of {n_groups} groups ready"
+            except CinderError as e:
+                last = str(e)
+            time.sleep(0.5)
+        raise ClusterError(f"the cluster was not ready within {timeout_s or self.ready_timeout_s} s: {last}")
+
+
+def main():
+    import argparse
+    ap = argparse.ArgumentParser(description="Starts a cinder cluster on free loopback ports until Ctrl-C.")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--ranks", type=int, default=1)
+    ap.add_argument("--groups", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--build", default=None)
+    args = ap.parse_args()
+    skip_unless_runnable(args.model, args.build, "cluster")
+    with Cluster(args.model, ranks=args.ranks, groups=args.groups, build=args.build,
+                 worker_args=["--threads", str(args.threads)]) as cl:
+        print(f"cluster ready: clients {cl.endpoint}, workers {cl.control}; logs in {cl.log_dir}", flush=True)
+        try:
+            while True:
+                cl.check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
