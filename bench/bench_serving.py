@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(_ROOT, "client", "python"))
 from cluster import Cluster, skip_reason  # noqa: E402
 
 from cinder_client import Client  # noqa: E402
-from cinder_client._proto import pb  # noqa: E402
+from cinder_client import pb  # noqa: E402
 
 
 def log_uniform(rng, lo, hi):

@@ -66,6 +66,7 @@ static Cinder__GenerateRequest *build_request(Cinder__Envelope *env) {
     m.stream = 1;
     m.logprobs = 1;
     m.timeout_ms = 30000;
+    m.ignore_eos = true;
     m.model = "smollm2";
     env->body_case = CINDER__ENVELOPE__BODY_GENERATE_REQUEST;
     env->generate_request = &m;
@@ -218,6 +219,7 @@ static void build_status_reply(Cinder__Envelope *env) {
     m.prompt_tokens_per_s = 800.5;
     m.output_tokens_per_s = 310.25;
     m.requests_per_s = 4.5;
+    m.preemptions = 6;
     env->body_case = CINDER__ENVELOPE__BODY_STATUS_REPLY;
     env->status_reply = &m;
 }

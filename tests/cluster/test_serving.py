@@ -19,7 +19,7 @@ from cluster import Cluster, build_dir, skip_unless_runnable  # noqa: E402
 
 import zmq  # noqa: E402
 from cinder_client import CinderError, Client  # noqa: E402
-from cinder_client._proto import pb  # noqa: E402
+from cinder_client import pb  # noqa: E402
 
 FAILURES = []
 

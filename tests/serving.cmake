@@ -1,0 +1,13 @@
+# Serving against a real cluster (cinder-coordinator + mpirun cinder-worker, the real model):
+# continuous batching equal to alone, prefix cache, preemption, cancel/timeout/disconnect, bad
+# input. One ctest per scenario; skipped (77) without the model, mpirun or the programs.
+if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
+  foreach(scenario concurrency prefix preemption lifecycle bad_input)
+    add_test(NAME test_serving_${scenario}
+             COMMAND ${CINDER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_serving.py
+                     ${CINDER_DEFAULT_MODEL} ${scenario})
+    set_tests_properties(test_serving_${scenario} PROPERTIES
+      ENVIRONMENT "${CINDER_PY_ENV}" SKIP_RETURN_CODE 77 RESOURCE_LOCK cinder_cluster
+      LABELS cluster TIMEOUT 900)
+  endforeach()
+endif()
