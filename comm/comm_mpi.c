@@ -98,6 +98,7 @@ static cinder_status mpi_scratch(mpi_ctx *m, size_t bytes, cinder_error *err) {
 
 /* dst[k] = ((src[0][k] + src[1][k]) + src[2][k]) + ...; src is n rows of len. */
 static void sum_rows_f32(float *dst, const float *src, int n, int len) {
+    if (len == 0) return; /* a rank owns nothing when there are fewer elements than ranks */
     memcpy(dst, src, (size_t)len * sizeof(float));
     for (int i = 1; i < n; i++) {
         const float *s = src + (size_t)i * len;
