@@ -22,3 +22,11 @@ if(CINDER_MPI)
       "OMPI_MCA_mca_base_component_disable_dlclose=1;ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_CURRENT_SOURCE_DIR}/comm_lsan.supp:print_suppressions=0")
   endif()
 endif()
+
+# The NCCL communicator on one GPU (tests/gpu/run.sh runs it; not a CPU ctest): built with
+# -DCINDER_GPU_TESTS=ON where NCCL is found. Exits 77 without a GPU.
+if(CINDER_GPU_TESTS AND CINDER_NCCL)
+  add_executable(test_comm_nccl gpu/test_comm_nccl.c)
+  target_link_libraries(test_comm_nccl PRIVATE cinder_comm CUDA::cudart)
+  target_include_directories(test_comm_nccl PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+endif()
