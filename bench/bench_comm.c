@@ -86,8 +86,8 @@ int main(int argc, char **argv) {
             /* the gather moves (n-1)/n of the bytes once: its busbw is bytes * (n-1)/n / t */
             char gbw[32] = "-";
             if (tg > 0) snprintf(gbw, sizeof gbw, "%.3f", bytes * (size - 1) / size / tg / 1e9);
-            printf("%12lld %10.0f | %10.1f %9.3f %9.3f | %10.1f %9.3f | %9s\n", (long long)n,
-                   bytes, tf * 1e6, bytes / tf / 1e9, bytes / tf / 1e9 * bus, tn * 1e6,
+            printf("%12lld %10.0f | %10.1f %9.3f %9.3f | %10.1f %9.3f | %9s\n", (long long)n, bytes,
+                   tf * 1e6, bytes / tf / 1e9, bytes / tf / 1e9 * bus, tn * 1e6,
                    bytes / tn / 1e9 * bus, gbw);
         }
     }

@@ -19,18 +19,24 @@ cinder_status comm_check_fail(cinder_error *err, const char *call, int rank, con
 
 size_t comm_dtype_size(comm_dtype type) {
     switch (type) {
-        case COMM_DTYPE_F32: return 4;
-        case COMM_DTYPE_BF16: return 2;
-        case COMM_DTYPE_COUNT: break;
+        case COMM_DTYPE_F32:
+            return 4;
+        case COMM_DTYPE_BF16:
+            return 2;
+        case COMM_DTYPE_COUNT:
+            break;
     }
     CN_ABORT("bad comm_dtype %d", (int)type);
 }
 
 const char *comm_dtype_name(comm_dtype type) {
     switch (type) {
-        case COMM_DTYPE_F32: return "f32";
-        case COMM_DTYPE_BF16: return "bf16";
-        case COMM_DTYPE_COUNT: break;
+        case COMM_DTYPE_F32:
+            return "f32";
+        case COMM_DTYPE_BF16:
+            return "bf16";
+        case COMM_DTYPE_COUNT:
+            break;
     }
     return "?";
 }

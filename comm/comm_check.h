@@ -52,7 +52,8 @@ const char *comm_mpi_error_string(int code);
 #if defined(NCCL_MAJOR)
 #define COMM_NCCL_OK(rc) ((rc) == ncclSuccess)
 #define NCCL_CHECK(call, rank, err, on_fail)                                                       \
-    COMM_CHECK_NAMED(ncclResult_t, call, #call, COMM_NCCL_OK, ncclGetErrorString, rank, err, on_fail)
+    COMM_CHECK_NAMED(ncclResult_t, call, #call, COMM_NCCL_OK, ncclGetErrorString, rank, err,       \
+                     on_fail)
 #endif
 
 #endif

@@ -89,8 +89,10 @@ static cinder_status mpi_scratch(mpi_ctx *m, size_t bytes, cinder_error *err) {
     if (bytes <= m->scratch_bytes) return CINDER_OK;
     void *p = realloc(m->scratch, bytes);
     if (!p)
-        return cinder_error_set(err, CINDER_ERR_NOMEM, "comm_mpi: no memory for %zu bytes of "
-                                "scratch on rank %d", bytes, m->rank);
+        return cinder_error_set(err, CINDER_ERR_NOMEM,
+                                "comm_mpi: no memory for %zu bytes of "
+                                "scratch on rank %d",
+                                bytes, m->rank);
     m->scratch = p;
     m->scratch_bytes = bytes;
     return CINDER_OK;
@@ -138,17 +140,17 @@ static cinder_status mpi_reduce_fixed(mpi_ctx *m, void *buf, int m_count, comm_d
     }
     cinder_status st = mpi_scratch(m, (size_t)n * (size_t)mine * (size_t)es, err);
     if (st) return st;
-    MPI_CHECK(MPI_Alltoallv(buf, m->counts, m->displs, t, m->scratch, m->rcounts, m->rdispls, t,
-                            m->comm),
-              m->rank, err, return CINDER_ERR_IO);
+    MPI_CHECK(
+        MPI_Alltoallv(buf, m->counts, m->displs, t, m->scratch, m->rcounts, m->rdispls, t, m->comm),
+        m->rank, err, return CINDER_ERR_IO);
     char *slice = (char *)buf + (size_t)m->displs[m->rank] * es;
     if (type == COMM_DTYPE_F32)
         sum_rows_f32((float *)slice, m->scratch, n, mine);
     else
         sum_rows_bf16((uint16_t *)slice, m->scratch, n, mine);
-    MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, m->counts, m->displs, t,
-                             m->comm),
-              m->rank, err, return CINDER_ERR_IO);
+    MPI_CHECK(
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, m->counts, m->displs, t, m->comm),
+        m->rank, err, return CINDER_ERR_IO);
     return CINDER_OK;
 }
 
@@ -236,6 +238,7 @@ static void mpi_destroy(comm *c) {
 }
 
 comm *comm_mpi_create(MPI_Comm group, comm_mpi_reduce reduce, cinder_error *err) {
+    CN_ASSERT(group != MPI_COMM_NULL);
     CN_ASSERT(reduce == COMM_MPI_REDUCE_FIXED || reduce == COMM_MPI_REDUCE_NATIVE);
     if (comm_mpi_init(NULL, NULL, err)) return NULL;
     comm *c = calloc(1, sizeof *c);
@@ -256,8 +259,10 @@ comm *comm_mpi_create(MPI_Comm group, comm_mpi_reduce reduce, cinder_error *err)
         char *end;
         long long v = strtoll(env, &end, 10);
         if (*end || v < 1 || v > COMM_MPI_SEGMENT) {
-            cinder_error_set(err, CINDER_ERR_ARG, "CINDER_COMM_SEGMENT=%s: want a count of "
-                             "elements in [1, %lld]", env, (long long)COMM_MPI_SEGMENT);
+            cinder_error_set(err, CINDER_ERR_ARG,
+                             "CINDER_COMM_SEGMENT=%s: want a count of "
+                             "elements in [1, %lld]",
+                             env, (long long)COMM_MPI_SEGMENT);
             goto fail;
         }
         m->segment = v;

@@ -21,7 +21,7 @@ typedef struct nccl_ctx {
     cudaStream_t stream;
     bool own_stream;
     int rank, size, device;
-    float *scratch;      /* device: the rank-major gather of a multi-row all-gather */
+    float *scratch; /* device: the rank-major gather of a multi-row all-gather */
     size_t scratch_bytes;
     float *one; /* device: one float the barrier all-reduces */
 } nccl_ctx;
@@ -71,8 +71,7 @@ static cinder_status nccl_all_gather(void *ctx, float *out, const float *in, int
             CUDA_CHECK(cudaFree(n->scratch), n->rank, err, return CINDER_ERR_IO);
             n->scratch = NULL;
             n->scratch_bytes = 0;
-            CUDA_CHECK(cudaMalloc((void **)&n->scratch, bytes), n->rank, err,
-                       return CINDER_ERR_IO);
+            CUDA_CHECK(cudaMalloc((void **)&n->scratch, bytes), n->rank, err, return CINDER_ERR_IO);
             n->scratch_bytes = bytes;
         }
         dst = n->scratch;
@@ -82,9 +81,12 @@ static cinder_status nccl_all_gather(void *ctx, float *out, const float *in, int
     for (int r = 0; r < n->size; r++) {
         size_t count = (size_t)(n_rows * cols[r]);
         if (count)
-            NCCL_CHECK(ncclBroadcast(in, dst + off * n_rows, count, ncclFloat32, r, n->nccl,
-                                     n->stream),
-                       n->rank, err, { ncclGroupEnd(); return CINDER_ERR_IO; });
+            NCCL_CHECK(
+                ncclBroadcast(in, dst + off * n_rows, count, ncclFloat32, r, n->nccl, n->stream),
+                n->rank, err, {
+                    ncclGroupEnd();
+                    return CINDER_ERR_IO;
+                });
         off += cols[r];
     }
     NCCL_CHECK(ncclGroupEnd(), n->rank, err, return CINDER_ERR_IO);
@@ -201,7 +203,8 @@ comm *comm_nccl_create_mpi(MPI_Comm group, int device, struct CUstream_st *strea
         if (rank == 0)
             cinder_error_set(err, local.status, "%s", local.msg);
         else
-            cinder_error_set(err, CINDER_ERR_IO, "comm_nccl_create_mpi: rank 0 of the group "
+            cinder_error_set(err, CINDER_ERR_IO,
+                             "comm_nccl_create_mpi: rank 0 of the group "
                              "could not make an NCCL unique id");
         return NULL;
     }

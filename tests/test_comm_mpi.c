@@ -48,8 +48,8 @@ static int same_everywhere(MPI_Comm group, uint64_t h) {
 }
 
 /* F32 all-reduce of n elements over c, whose ranks are world ranks members[0..size). */
-static void check_reduce_f32(comm *c, MPI_Comm group, const int *members, int64_t n,
-                             uint64_t seed, int exact) {
+static void check_reduce_f32(comm *c, MPI_Comm group, const int *members, int64_t n, uint64_t seed,
+                             int exact) {
     int size = comm_size(c);
     float *buf = malloc((size_t)n * sizeof(float));
     float *tmp = malloc((size_t)n * sizeof(float));
@@ -75,8 +75,10 @@ static void check_reduce_f32(comm *c, MPI_Comm group, const int *members, int64_
                        : fabs((double)buf[i] - want[i]) <= 4.0 * size * FLT_EPSILON * mag[i];
         if (!ok && bad++ == 0) first = i;
     }
-    CHECK_MSG(bad == 0, "%s all-reduce of %lld floats on %d ranks: %lld wrong, first [%lld] = %.9g, "
-              "want %.9g", c->name, (long long)n, size, (long long)bad, (long long)first,
+    CHECK_MSG(bad == 0,
+              "%s all-reduce of %lld floats on %d ranks: %lld wrong, first [%lld] = %.9g, "
+              "want %.9g",
+              c->name, (long long)n, size, (long long)bad, (long long)first,
               first >= 0 ? buf[first] : 0.0, first >= 0 ? want[first] : 0.0);
     CHECK_MSG(same_everywhere(group, hash_bytes(buf, (size_t)n * sizeof(float))),
               "%s all-reduce of %lld floats differs between ranks", c->name, (long long)n);
@@ -147,9 +149,11 @@ static void check_gather(comm *c, int64_t n_rows, const int64_t *cols) {
             off += cols[r];
         }
     }
-    CHECK_MSG(bad == 0, "all-gather of %lld rows (this rank %lld of %lld columns at %lld): %lld "
-              "wrong", (long long)n_rows, (long long)cols[me], (long long)total,
-              (long long)off_me, (long long)bad);
+    CHECK_MSG(bad == 0,
+              "all-gather of %lld rows (this rank %lld of %lld columns at %lld): %lld "
+              "wrong",
+              (long long)n_rows, (long long)cols[me], (long long)total, (long long)off_me,
+              (long long)bad);
 done:
     free(in);
     free(out);
@@ -231,8 +235,7 @@ static void test_split(void) {
 /* A failing MPI call (a negative count) through MPI_CHECK: a status naming call, rank, place. */
 static cinder_status bad_bcast(cinder_error *err) {
     char b = 0;
-    MPI_CHECK(MPI_Bcast(&b, -1, MPI_BYTE, 0, MPI_COMM_WORLD), world_rank, err,
-              return err->status);
+    MPI_CHECK(MPI_Bcast(&b, -1, MPI_BYTE, 0, MPI_COMM_WORLD), world_rank, err, return err->status);
     return CINDER_OK;
 }
 
@@ -242,8 +245,8 @@ static void test_mpi_error(void) {
     CHECK_EQ_INT(bad_bcast(&err), CINDER_ERR_IO);
     char want[64];
     snprintf(want, sizeof want, "failed on rank %d at test_comm_mpi.c:", world_rank);
-    CHECK_MSG(test_contains(err.msg, "MPI_Bcast(&b, -1") && test_contains(err.msg, want),
-              "%s", err.msg);
+    CHECK_MSG(test_contains(err.msg, "MPI_Bcast(&b, -1") && test_contains(err.msg, want), "%s",
+              err.msg);
     CHECK_MSG(test_contains(err.msg, "MPI_ERR_COUNT") || test_contains(err.msg, "count"), "%s",
               err.msg);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);

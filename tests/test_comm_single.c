@@ -38,8 +38,8 @@ static void test_check_macro(void) {
     CHECK_EQ_INT(checked(0, 3, &err), CINDER_OK);
     CHECK_EQ_INT(checked(7, 3, &err), CINDER_ERR_IO);
     CHECK_EQ_INT(err.status, CINDER_ERR_IO);
-    CHECK_MSG(test_contains(err.msg, "fake_call(rc) failed on rank 3 at test_comm_single.c:"),
-              "%s", err.msg);
+    CHECK_MSG(test_contains(err.msg, "fake_call(rc) failed on rank 3 at test_comm_single.c:"), "%s",
+              err.msg);
     CHECK_MSG(test_contains(err.msg, ": seven went wrong"), "%s", err.msg);
     CHECK_EQ_INT(checked_goto(1, &err), CINDER_ERR_IO);
     CHECK(reached_after_failure);
@@ -106,11 +106,21 @@ static void misuse(int kind) {
     float buf[8] = {0};
     int64_t cols[1] = {4}, neg[1] = {-1};
     switch (kind) {
-        case MISUSE_ROOT: comm_broadcast(c, buf, 4, 1, NULL); break;
-        case MISUSE_COUNT: comm_all_reduce_sum_f32(c, buf, -1, NULL); break;
-        case MISUSE_NULL_BUF: comm_all_reduce_sum_f32(c, NULL, 4, NULL); break;
-        case MISUSE_OVERLAP: comm_all_gather(c, buf + 2, buf, 1, cols, NULL); break;
-        case MISUSE_NEG_COLS: comm_all_gather(c, buf, buf + 4, 1, neg, NULL); break;
+        case MISUSE_ROOT:
+            comm_broadcast(c, buf, 4, 1, NULL);
+            break;
+        case MISUSE_COUNT:
+            comm_all_reduce_sum_f32(c, buf, -1, NULL);
+            break;
+        case MISUSE_NULL_BUF:
+            comm_all_reduce_sum_f32(c, NULL, 4, NULL);
+            break;
+        case MISUSE_OVERLAP:
+            comm_all_gather(c, buf + 2, buf, 1, cols, NULL);
+            break;
+        case MISUSE_NEG_COLS:
+            comm_all_gather(c, buf, buf + 4, 1, neg, NULL);
+            break;
     }
     comm_free(c);
 }
