@@ -22,11 +22,11 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#ifdef CINDER_HAVE_MPI
-#include <mpi.h>
-#endif
-
 #include "cli.h"
+#include "comm.h"
+#ifdef CINDER_COMM_MPI
+#include "comm_mpi.h"
+#endif
 #include "engine.h"
 #include "log.h"
 #include "math.h"
@@ -56,6 +56,7 @@ typedef struct worker_seq {
 
 typedef struct worker {
     worker_args args;
+    comm *group; /* this rank's worker group (the MPI job; a single rank without MPI) */
     int rank, world_size;
     void *zctx, *sock;
     model *m;
@@ -526,12 +527,18 @@ int main(int argc, char **argv) {
         case CLI_RESULT_OK: break;
     }
     log_init_from_env();
-    w.world_size = 1;
-#ifdef CINDER_HAVE_MPI
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &w.world_size);
+#ifdef CINDER_COMM_MPI
+    if (comm_mpi_init(&argc, &argv, &err) == CINDER_OK)
+        w.group = comm_mpi_create(MPI_COMM_WORLD, COMM_MPI_REDUCE_FIXED, &err);
+#else
+    w.group = comm_single_create(&err);
 #endif
+    if (!w.group) {
+        fprintf(stderr, "cinder-worker: cannot set up the worker group: %s\n", err.msg);
+        return 1;
+    }
+    w.rank = comm_rank(w.group);
+    w.world_size = comm_size(w.group);
     log_set_rank(w.rank);
     struct sigaction sa = {0};
     sa.sa_handler = worker_on_signal;
@@ -559,8 +566,9 @@ int main(int argc, char **argv) {
     rc = worker_serve(&w);
 out:
     worker_free(&w);
-#ifdef CINDER_HAVE_MPI
-    MPI_Finalize();
+    comm_free(w.group);
+#ifdef CINDER_COMM_MPI
+    comm_mpi_finalize();
 #endif
     return rc;
 }
