@@ -46,9 +46,15 @@ void groups_send(coord *co, group *g, const Cinder__Envelope *env) {
     for (int r = 0; r < g->world_size; r++) {
         if (!g->ranks[r].registered) continue;
         cinder_error err = {0};
-        if (wire_send(co->workers, g->ranks[r].id, g->ranks[r].id_len, env, &err))
+        cinder_status s = wire_send(co->workers, g->ranks[r].id, g->ranks[r].id_len, env, &err);
+        if (s == CINDER_ERR_NOT_FOUND) {
+            /* The rank's connection is gone: the next groups_tick declares the group lost. */
+            LOG_WARN("group %d rank %d: its connection is gone", g->id, r);
+            g->ranks[r].last_seen_us = 0;
+        } else if (s) {
             LOG_WARN("group %d rank %d: cannot send %s: %s", g->id, r,
                      proto_body_name(env->body_case), err.msg);
+        }
     }
 }
 
@@ -264,11 +270,10 @@ void groups_tick(coord *co, uint64_t now) {
         if (g->state == CINDER__GROUP_STATE__GROUP_STATE_LOST) continue;
         for (int r = 0; r < g->world_size; r++) {
             group_rank *rk = &g->ranks[r];
-            if (!rk->registered || now - rk->last_seen_us <= limit) continue;
-            LOG_ERROR("group %d rank %d silent for %llu ms: the group is lost; its %d running "
-                      "requests go back to the queue",
-                      g->id, r, (unsigned long long)((now - rk->last_seen_us) / 1000u),
-                      g->n_running);
+            if (!rk->registered || (rk->last_seen_us && now - rk->last_seen_us <= limit)) continue;
+            LOG_ERROR("group %d rank %d %s: the group is lost; its %d running requests go back "
+                      "to the queue",
+                      g->id, r, rk->last_seen_us ? "fell silent" : "disconnected", g->n_running);
             group_reset(co, g, CINDER__GROUP_STATE__GROUP_STATE_LOST);
             break;
         }

@@ -22,5 +22,7 @@ cmake --build build -j "$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCINDER_SANITIZE=ON -DCINDER_CUDA=OFF \
   ${CINDER_CMAKE_FLAGS:-}
 cmake --build build-asan -j "$jobs"
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" -L sanitize "$@")
+# Cluster tests there run the ASan coordinator with the optimized worker (tests/cluster/cluster.py).
+(cd build-asan && CINDER_WORKER_BIN="$PWD/../build/cinder-worker" ASAN_OPTIONS=detect_leaks=1 \
+    ctest --output-on-failure -j "$jobs" -L sanitize "$@")
 echo "test: all passed"

@@ -10,4 +10,8 @@ if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
       ENVIRONMENT "${CINDER_PY_ENV}" SKIP_RETURN_CODE 77 RESOURCE_LOCK cinder_cluster
       LABELS cluster TIMEOUT 900)
   endforeach()
+  # The coordinator's handling of bad input, cancel, timeout and disconnects again under ASan +
+  # UBSan (scripts/test.sh points CINDER_WORKER_BIN at the optimized build's worker).
+  set_tests_properties(test_serving_bad_input test_serving_lifecycle test_serving_preemption
+                       PROPERTIES LABELS "cluster;sanitize")
 endif()

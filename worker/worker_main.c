@@ -293,7 +293,8 @@ static cinder_status worker_seq_update(worker *w, worker_seq *s, const Cinder__S
                                 (unsigned long long)q->seq_id, from, s->n_table);
     int n_table = from + (int)q->n_block_table;
     if (!worker_grow(&s->table, &s->cap_table, n_table)) goto nomem;
-    memcpy(s->table + from, q->block_table, q->n_block_table * sizeof(int32_t));
+    if (q->n_block_table) /* none: the worker's copy is current */
+        memcpy(s->table + from, q->block_table, q->n_block_table * sizeof(int32_t));
     s->n_table = n_table;
 
     if (q->pos == 0) s->n_history = 0;
