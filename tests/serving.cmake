@@ -2,7 +2,7 @@
 # continuous batching equal to alone, prefix cache, preemption, cancel/timeout/disconnect, bad
 # input. One ctest per scenario; skipped (77) without the model, mpirun or the programs.
 if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
-  foreach(scenario concurrency prefix preemption lifecycle bad_input)
+  foreach(scenario concurrency prefix preemption lifecycle bad_input failover)
     add_test(NAME test_serving_${scenario}
              COMMAND ${CINDER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_serving.py
                      ${CINDER_DEFAULT_MODEL} ${scenario})

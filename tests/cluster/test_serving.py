@@ -3,7 +3,7 @@
 loopback, the real SmolLM2 model, real sockets.
 
     test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
-                                        bad_input)
+                                        bad_input, failover)
 
 Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
 or waiting). Exit 77 (ctest SKIP) when the model, mpirun or the programs are missing.
@@ -357,12 +357,47 @@ def scenario_bad_input(model):
         cl.check_alive()
 
 
+def scenario_failover(model):
+    """Two worker groups; one is killed (SIGKILL) while requests run on both: its requests are
+    recomputed on the survivor, every request finishes, outputs unchanged, nothing is lost."""
+    reqs = [dict(chat=[("user", prompt_of(i, 2 + i % 4))], max_tokens=40, temperature=0.0)
+            for i in range(8)]
+    reqs[3].update(temperature=0.7, seed=5)
+    with Cluster(model, groups=2) as cl:
+        alone = run_requests(cl.endpoint, reqs, concurrent=False)
+        out = [None]
+
+        def run():
+            out[0] = run_requests(cl.endpoint, reqs, concurrent=True)
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:  # until both groups run something
+            st = cl.status()
+            if all(g.running_seqs > 0 for g in st.groups):
+                break
+            time.sleep(0.05)
+        busy = [g.running_seqs for g in cl.status().groups]
+        cl.kill_group(1)
+        t.join()
+        st = cl.status()
+        states = {g.group: pb.GroupState.Name(g.state) for g in st.groups}
+        check(states.get(1) == "GROUP_STATE_LOST" and states.get(0) == "GROUP_STATE_READY",
+              f"the killed group is lost, the other ready ({states}; running before: {busy})")
+        check(all(r is not None for r in out[0]), "every request finished")
+        compare(alone, out[0], "after losing a group mid-run")
+        st = wait_idle(cl)
+        check(st.running_seqs == 0 and st.queue_waiting == 0, "nothing left running or waiting")
+
+
 SCENARIOS = {
     "concurrency": scenario_concurrency,
     "prefix": scenario_prefix,
     "preemption": scenario_preemption,
     "lifecycle": scenario_lifecycle,
     "bad_input": scenario_bad_input,
+    "failover": scenario_failover,
 }
 
 
