@@ -8,7 +8,8 @@
  *   2. decodes first (one token each), then the prefill chunks of sequences admitted earlier,
  *      within the token budget (max_batch_tokens), so a long prompt never stalls decodes;
  *   3. waiting requests are admitted in arrival order while blocks and budget last; the head
- *      of the queue is never overtaken (FCFS). With continuous batching off, requests are
+ *      of the queue is never overtaken (FCFS). With several groups, a request goes to the group
+ *      where it costs least: its uncached prompt tokens plus a charge per running sequence. With continuous batching off, requests are
  *      admitted only when the group runs nothing (static batches).
  * The results come back as one sampled token per sequence whose step reached its last token. */
 #include <stdio.h>
@@ -195,6 +196,32 @@ static void plan_grow_running(coord *co, group *g) {
     }
 }
 
+/* Data parallelism: what admitting r costs on group x, in prompt tokens: the tokens it must
+ * compute there (its prefix-cache hits are free) plus PLAN_SEQ_COST for each sequence x
+ * already runs (a running sequence slows every step about as much as that much prefill). */
+#define PLAN_SEQ_COST 64
+
+static int plan_cost(const group *x, const request *r) {
+    int match = kvm_prefix_match(x->kv, r->tokens, r->n_tokens);
+    return r->n_tokens - match + PLAN_SEQ_COST * x->n_running;
+}
+
+/* Whether another ready group with room would admit r more cheaply; the head of the queue then
+ * waits for that group's next plan (at most one step away). */
+static bool plan_better_group(coord *co, group *g, request *r) {
+    if (co->n_groups < 2) return false;
+    int cost = plan_cost(g, r);
+    for (int i = 0; i < co->n_groups; i++) {
+        group *h = co->groups[i];
+        if (h == g || h->state != CINDER__GROUP_STATE__GROUP_STATE_READY || !h->kv) continue;
+        int match = kvm_prefix_match(h->kv, r->tokens, r->n_tokens);
+        int need = kvm_blocks_for_tokens(h->kv, r->n_tokens) - match / h->block_size;
+        if (h->n_running >= h->max_seqs || !kvm_can_allocate(h->kv, need)) continue;
+        if (plan_cost(h, r) < cost) return true;
+    }
+    return false;
+}
+
 static void plan_admit(coord *co, group *g, plan *p) {
     if (co->a.no_continuous_batching && g->n_running > 0) return;
     while (co->wait_head && p->budget > 0 && p->n < p->max_seqs && g->n_running < g->max_seqs) {
@@ -208,6 +235,7 @@ static void plan_admit(coord *co, group *g, plan *p) {
             front_finish(co, r, CINDER__FINISH_REASON__FINISH_REASON_ERROR, msg);
             continue;
         }
+        if (plan_better_group(co, g, r)) break;
         kvm_seq *s;
         int n_cached = 0;
         cinder_error err = {0};
