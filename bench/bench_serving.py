@@ -3,12 +3,12 @@
 real cluster (cinder-coordinator + mpirun cinder-worker), once with continuous batching and
 once with static batches (--no-continuous-batching), the same workload both times.
 
-    bench/bench_serving.py --model PATH [--requests 48] [--rate 8] [--concurrency 32]
+    bench/bench_serving.py --model PATH [--requests 64] [--rate 32] [--concurrency 32]
                            [--threads 2] [--seed 1] [--mode both|continuous|static]
 
 Prints per mode: makespan, output tokens/s, requests/s, time to first token and time per
 output token (p50, p99, measured at the client from each request's arrival), then the ratio
-of the two. Prompts are random token ids (16..512 tokens, log-uniform), outputs 16..192
+of the two. Prompts are random token ids (16..256 tokens, log-uniform), outputs 16..256
 tokens (log-uniform) with ignore_eos so every request makes exactly its length. Not a test:
 nothing here passes or fails.
 """
@@ -39,9 +39,9 @@ def workload(n, rate, seed):
     out = []
     for i in range(n):
         t += rng.expovariate(rate)
-        n_prompt = log_uniform(rng, 16, 512)
+        n_prompt = log_uniform(rng, 16, 256)
         out.append(dict(arrival=t, prompt=[rng.randrange(1000, 40000) for _ in range(n_prompt)],
-                        max_tokens=log_uniform(rng, 16, 192)))
+                        max_tokens=log_uniform(rng, 16, 256)))
     return out
 
 
@@ -110,8 +110,9 @@ def report(name, res, t0):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=os.path.expanduser("~/.cache/cinder/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    ap.add_argument("--requests", type=int, default=48)
-    ap.add_argument("--rate", type=float, default=8.0, help="arrivals per second (Poisson)")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--rate", type=float, default=32.0,
+                    help="arrivals per second (Poisson); the default keeps 32 requests in flight")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=1)
@@ -133,7 +134,8 @@ def main():
     rows = {}
     modes = ["continuous", "static"] if a.mode == "both" else [a.mode]
     for mode in modes:
-        args = ["--max-batch-tokens", str(a.max_batch_tokens), "--max-seqs", str(a.concurrency)]
+        args = ["--max-batch-tokens", str(a.max_batch_tokens), "--max-seqs", str(a.concurrency),
+                "--kv-mib", "1024"]
         if mode == "static":
             args.append("--no-continuous-batching")
         with Cluster(a.model, coordinator_args=args, worker_args=["--threads", str(a.threads)]) as cl:
