@@ -25,9 +25,9 @@ static double now_s(void) {
 }
 
 typedef struct gen_args {
-    const char *model, *prompt, *system, *stop;
+    const char *model, *prompt, *system, *stop, *device;
     bool chat, f32, ignore_eos, no_stream_stats;
-    int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks;
+    int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks, gpu;
     double temperature, top_p, min_p, repeat_penalty;
 } gen_args;
 
@@ -120,6 +120,12 @@ static int gen_run(const gen_args *a) {
     }
 
     engine_options o = engine_options_default();
+    if (!engine_backend_parse(a->device, &o.backend)) {
+        fprintf(stderr, "cinder: --device is cpu or cuda, not '%s'\n", a->device);
+        rc = 2;
+        goto out;
+    }
+    o.device = (int)a->gpu;
     o.n_threads = (int)a->threads;
     o.block_size = (int)a->block_size;
     o.f32_weights = a->f32;
@@ -220,9 +226,9 @@ static int gen_run(const gen_args *a) {
     double t2 = now_s();
     fprintf(stderr,
             "cinder: prompt %zu tokens in %.2f s (%.1f tokens/s); generated %lld tokens in %.2f s "
-            "(%.1f tokens/s); stopped by %s; %s, seed %llu\n",
+            "(%.1f tokens/s); stopped by %s; %s, %s, seed %llu\n",
             n_prompt, t1 - t0, n_prompt / (t1 - t0), (long long)n_gen, t2 - t1,
-            n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0.0, reason,
+            n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0.0, reason, engine_backend_ops(e)->name,
             a->f32 ? "F32 weights" : "file's weights", (unsigned long long)sp.seed);
     rc = 0;
 out:
@@ -264,6 +270,9 @@ int cmd_generate(int argc, char **argv) {
          "KV pool size in blocks (0: what the prompt and --max-tokens need)", false},
         {"f32", CLI_FLAG, &a.f32, NULL, 0, 0, NULL,
          "dequantize the weights to F32 (reference precision, slower)", false},
+        {"device", CLI_STR, &a.device, "cpu", 0, 0, "cpu|cuda",
+         "where the forward pass runs (cuda: builds with the CUDA backend)", false},
+        {"gpu", CLI_INT, &a.gpu, "0", 0, 1024, "N", "with --device cuda: the CUDA device", false},
     };
     cinder_error err = {0};
     const char *pos[1];
