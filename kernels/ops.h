@@ -218,6 +218,21 @@ struct kernel_ops {
                               cinder_error *err);
     /* Whether kv_write and attention take KV pools of this type (NULL: F32 only). */
     bool (*supports_kv)(void *ctx, dtype type);
+
+    /* ---- plan and graphs: optional (NULL: nothing to plan, no graphs) ---- */
+
+    /* Plans the attention calls of one step before they run (flashinfer's plan/run split):
+     * the backend keeps what it derives from seqs (CUDA: uploads its descriptors), and the
+     * attention calls that follow with equal seqs reuse it. ctx_bound > 0: plan grids for any
+     * context up to ctx_bound rather than this step's (so a graph captured with the plan
+     * stays valid for later steps); 0: this step's. */
+    void (*attention_plan)(void *ctx, const kernel_attn_seq *seqs, int n_seqs, int n_heads,
+                           const kernel_kv_layer *kv, int32_t ctx_bound);
+    /* Runs body(arg), which issues ops only (no upload, download or sync), as a graph known by
+     * key: captured on the first call with that key, replayed after. Whatever body's ops
+     * read must be at the same addresses each time (device contents may change). */
+    cinder_status (*graph_run)(void *ctx, uint64_t key, void (*body)(void *arg), void *arg,
+                               cinder_error *err);
 };
 
 /* The CPU backend's settings; all zeros (kernel_cpu_options_default()) is the default. */
@@ -263,6 +278,23 @@ cinder_status kernel_prepare_weight(kernel_ops *k, kernel_weight *w, cinder_erro
 cinder_status kernel_mem_info(kernel_ops *k, size_t *free_bytes, size_t *total_bytes,
                               cinder_error *err);
 bool kernel_supports_kv(kernel_ops *k, dtype type);
+static inline void kernel_attention_plan(kernel_ops *k, const kernel_attn_seq *seqs, int n_seqs,
+                                         int n_heads, const kernel_kv_layer *kv,
+                                         int32_t ctx_bound) {
+    if (k->attention_plan) k->attention_plan(k->ctx, seqs, n_seqs, n_heads, kv, ctx_bound);
+}
+static inline bool kernel_has_graphs(const kernel_ops *k) {
+    return k->graph_run != NULL;
+}
+/* body(arg) as a graph where the backend has them, else simply called. */
+static inline cinder_status kernel_graph_run(kernel_ops *k, uint64_t key, void (*body)(void *arg),
+                                             void *arg, cinder_error *err) {
+    if (!k->graph_run) {
+        body(arg);
+        return CINDER_OK;
+    }
+    return k->graph_run(k->ctx, key, body, arg, err);
+}
 
 static inline cinder_status kernel_reserve(kernel_ops *k, int max_tokens, int64_t max_cols,
                                            cinder_error *err) {

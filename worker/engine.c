@@ -48,7 +48,17 @@ struct engine {
     int32_t *meta, *dmeta;
     size_t meta_cap;
     kernel_attn_seq *aseqs; /* host; block_table pointers into dmeta */
+    bool graphs;            /* decode steps as backend graphs */
 };
+
+/* One step's forward pass from the embedding to the logits rows, as ops only (no host
+ * traffic), so that a backend can capture it as a graph. */
+typedef struct engine_pass {
+    engine *e;
+    int n, n_seqs, n_rows;
+    const int32_t *tokens, *pos, *slots, *rows; /* backend memory */
+    float *logits;                              /* backend memory: [n_rows, vocab] */
+} engine_pass;
 
 const char *engine_backend_name(engine_backend b) {
     return b == ENGINE_BACKEND_CUDA ? "cuda" : "cpu";
@@ -74,7 +84,8 @@ engine_options engine_options_default(void) {
                             .max_seqs = 256,
                             .f32_weights = false,
                             .simd = KERNEL_SIMD_AUTO,
-                            .act = KERNEL_ACT_DEFAULT};
+                            .act = KERNEL_ACT_DEFAULT,
+                            .no_graphs = false};
 }
 
 const model_config *engine_config(const engine *e) {
@@ -196,6 +207,10 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
         cinder_error_set(err, CINDER_ERR_ARG, "backend %d", (int)opts.backend);
     }
     if (!e->k) goto fail;
+    {
+        const char *env = getenv("CINDER_GRAPHS");
+        e->graphs = kernel_has_graphs(e->k) && !opts.no_graphs && !(env && strcmp(env, "0") == 0);
+    }
     if (!kernel_supports_kv(e->k, opts.kv_type)) {
         cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "the %s backend has no %s KV cache",
                          e->k->name, dtype_name(opts.kv_type));
@@ -364,13 +379,51 @@ static cinder_status engine_check_step(const engine *e, const engine_seq *seqs, 
     return CINDER_OK;
 }
 
+/* The layers, then (n_rows > 0) the final norm and LM head of the selected rows. */
+static void engine_forward(void *arg) {
+    const engine_pass *p = arg;
+    engine *e = p->e;
+    const model_config *c = &e->cfg;
+    kernel_ops *k = e->k;
+    int n = p->n, d = c->d_model, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    kernel_embed(k, e->x, &e->embed, p->tokens, n);
+    for (int l = 0; l < c->n_layers; l++) {
+        const engine_layer *L = &e->layers[l];
+        const kernel_kv_layer *kv = &e->kv->layers[l];
+        kernel_rmsnorm(k, e->h, e->x, L->attn_norm, n, d, c->norm_eps);
+        kernel_matmul(k, e->q, e->h, &L->wq, n);
+        kernel_matmul(k, e->kk, e->h, &L->wk, n);
+        kernel_matmul(k, e->vv, e->h, &L->wv, n);
+        kernel_rope(k, e->q, p->pos, n, nh, hd, c->rope_dim, c->rope_layout, e->inv_freq);
+        kernel_rope(k, e->kk, p->pos, n, nkv, hd, c->rope_dim, c->rope_layout, e->inv_freq);
+        kernel_kv_write(k, kv, e->kk, e->vv, p->slots, n);
+        kernel_attention(k, e->att, e->q, kv, e->aseqs, p->n_seqs, nh, scale, c->sliding_window);
+        kernel_matmul(k, e->h, e->att, &L->wo, n);
+        kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
+
+        kernel_rmsnorm(k, e->h, e->x, L->ffn_norm, n, d, c->norm_eps);
+        kernel_matmul(k, e->gate, e->h, &L->gate, n);
+        kernel_matmul(k, e->up, e->h, &L->up, n);
+        kernel_swiglu(k, e->gate, e->gate, e->up, n, c->d_ff);
+        kernel_matmul(k, e->h, e->gate, &L->down, n);
+        kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
+    }
+    if (p->n_rows == 0) return;
+    /* The rows that get logits: a gather, as an embedding lookup in x seen as an F32 table. */
+    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
+    kernel_embed(k, e->rows, &xs, p->rows, p->n_rows);
+    kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, p->n_rows, d, c->norm_eps);
+    kernel_matmul(k, p->logits, e->rows, &e->output, p->n_rows);
+}
+
 cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
                           cinder_error *err) {
     cinder_status s = engine_check_step(e, seqs, n_seqs, err);
     if (s) return s;
     const model_config *c = &e->cfg;
     kernel_ops *k = e->k;
-    int d = c->d_model, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    int d = c->d_model, nh = c->n_heads;
     int bs = e->opts.block_size;
 
     /* Flatten into one int32 plan: tokens, positions, KV slots, the rows that get logits,
@@ -401,42 +454,32 @@ cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *
         q0 += sq->n_tokens;
     }
     if (e->dmeta != e->meta) kernel_upload(k, e->dmeta, e->meta, used * sizeof(int32_t));
-    const int32_t *d_tokens = e->dmeta, *d_pos = d_tokens + n, *d_slots = d_pos + n,
-                  *d_rows = d_slots + n;
-
-    float scale = 1.0f / sqrtf((float)hd);
-    kernel_embed(k, e->x, &e->embed, d_tokens, n);
-    for (int l = 0; l < c->n_layers; l++) {
-        const engine_layer *L = &e->layers[l];
-        const kernel_kv_layer *kv = &e->kv->layers[l];
-        kernel_rmsnorm(k, e->h, e->x, L->attn_norm, n, d, c->norm_eps);
-        kernel_matmul(k, e->q, e->h, &L->wq, n);
-        kernel_matmul(k, e->kk, e->h, &L->wk, n);
-        kernel_matmul(k, e->vv, e->h, &L->wv, n);
-        kernel_rope(k, e->q, d_pos, n, nh, hd, c->rope_dim, c->rope_layout, e->inv_freq);
-        kernel_rope(k, e->kk, d_pos, n, nkv, hd, c->rope_dim, c->rope_layout, e->inv_freq);
-        kernel_kv_write(k, kv, e->kk, e->vv, d_slots, n);
-        kernel_attention(k, e->att, e->q, kv, e->aseqs, n_seqs, nh, scale, c->sliding_window);
-        kernel_matmul(k, e->h, e->att, &L->wo, n);
-        kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
-
-        kernel_rmsnorm(k, e->h, e->x, L->ffn_norm, n, d, c->norm_eps);
-        kernel_matmul(k, e->gate, e->h, &L->gate, n);
-        kernel_matmul(k, e->up, e->h, &L->up, n);
-        kernel_swiglu(k, e->gate, e->gate, e->up, n, c->d_ff);
-        kernel_matmul(k, e->h, e->gate, &L->down, n);
-        kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
-    }
-    /* The rows that get logits: a gather, as an embedding lookup in x seen as an F32 table. */
-    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
-    kernel_embed(k, e->rows, &xs, d_rows, n_rows);
-    kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, n_rows, d, c->norm_eps);
-    if (!e->logits) {
-        kernel_matmul(k, logits, e->rows, &e->output, n_rows);
+    engine_pass ps = {e, n, n_seqs, n_rows, e->dmeta, e->dmeta + n, e->dmeta + 2 * n,
+                      e->dmeta + 3 * n, e->logits ? e->logits : logits};
+    /* Decode steps (one new token per sequence) on a backend with graphs: one graph per batch
+     * size, planned for any context so that it stays valid; everything else op by op. */
+    bool decode = n == n_seqs && n_rows == n_seqs;
+    bool graph = e->graphs && decode && n_rows <= e->logit_rows;
+    kernel_attention_plan(k, e->aseqs, n_seqs, nh, &e->kv->layers[0], graph ? c->context_len : 0);
+    if (graph) {
+        s = kernel_graph_run(k, (uint64_t)n_seqs, engine_forward, &ps, err);
+        if (s) return s;
+        kernel_download(k, logits, e->logits, (size_t)n_rows * c->vocab_size * sizeof(float));
         return CINDER_OK;
     }
-    /* Logits through a device buffer of logit_rows rows; only they come back to the host. */
+    if (!e->logits || n_rows <= e->logit_rows) {
+        engine_forward(&ps);
+        if (e->logits)
+            kernel_download(k, logits, e->logits, (size_t)n_rows * c->vocab_size * sizeof(float));
+        return CINDER_OK;
+    }
+    /* More logits rows than the device buffer: the layers once, the LM head in pieces. */
+    ps.n_rows = 0;
+    engine_forward(&ps);
     size_t vocab = (size_t)c->vocab_size;
+    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
+    kernel_embed(k, e->rows, &xs, ps.rows, n_rows);
+    kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, n_rows, d, c->norm_eps);
     for (int r0 = 0; r0 < n_rows; r0 += e->logit_rows) {
         int nr = n_rows - r0 < e->logit_rows ? n_rows - r0 : e->logit_rows;
         kernel_matmul(k, e->logits, e->rows + (size_t)r0 * d, &e->output, nr);

@@ -49,7 +49,10 @@ typedef struct engine_options {
     bool f32_weights;     /* dequantize every weight to F32 at load (reference precision) */
     kernel_simd simd;     /* CPU SIMD level (default: the best, or CINDER_SIMD) */
     kernel_act_precision act; /* activations for quantized weights: 16-bit (default) or 8-bit
-                                 integers (or CINDER_ACT=accurate|int8) */
+                                 integers (or CINDER_ACT=accurate|int8); on CUDA, INT8 picks
+                                 the fast (rounded) activations of F16/BF16 GEMMs */
+    bool no_graphs;           /* CUDA: run decode steps op by op, not as CUDA graphs
+                                 (graphs are captured per batch size; CINDER_GRAPHS=0 too) */
 } engine_options;
 
 engine_options engine_options_default(void);

@@ -18,6 +18,12 @@ extern "C" {
 #define CUDA_ATTN_PART_BYTES ((size_t)32 << 20)  /* decode attention partials */
 #define CUDA_CUBLAS_WS_BYTES ((size_t)32 << 20)  /* cuBLAS workspace (graph capture safe) */
 
+/* A captured graph and its key. */
+struct cuda_graph {
+    uint64_t key;
+    cudaGraphExec_t exec;
+};
+
 typedef struct cuda_ctx {
     kernel_ops ops;
     char name[64];
@@ -38,7 +44,12 @@ typedef struct cuda_ctx {
     int seqs_cap;
     size_t seqs_bytes_last;
     cudaEvent_t seqs_uploaded;
+    int32_t ctx_bound; /* from attention_plan: decode grids sized for contexts up to this */
     float *part;
+    /* CUDA graphs by key (the engine's decode batch size) */
+    struct cuda_graph *graphs;
+    int n_graphs, cap_graphs;
+    bool capturing;
 } cuda_ctx;
 
 const char *cuda_cublas_status_name(cublasStatus_t s) {
@@ -59,6 +70,12 @@ const char *cuda_cublas_status_name(cublasStatus_t s) {
 /* Every CUDA call of an op is made with the backend's device current. */
 static void cu_ctx_device(cuda_ctx *c) {
     CUDA_CHECK(cudaSetDevice(c->device));
+}
+
+/* Forgets every captured graph (they hold the addresses of workspaces about to move). */
+static void cu_graphs_clear(cuda_ctx *c) {
+    for (int i = 0; i < c->n_graphs; i++) CUDA_CHECK(cudaGraphExecDestroy(c->graphs[i].exec));
+    c->n_graphs = 0;
 }
 
 /* ---- memory hooks ---- */
@@ -138,6 +155,7 @@ static cinder_status cu_reserve(void *ctx, int max_tokens, int64_t max_cols, cin
     cu_sync(c);
     void *p = cu_alloc(c, bytes, err);
     if (!p) return err ? err->status : CINDER_ERR_NOMEM;
+    cu_graphs_clear(c);
     if (c->act) CUDA_CHECK(cudaFree(c->act));
     c->act = p;
     c->act_bytes = bytes;
@@ -253,57 +271,83 @@ static void cu_matmul(void *ctx, float *out, const float *x, const kernel_weight
     }
 }
 
-static void cu_attention(void *ctx, float *out, const float *q, const kernel_kv_layer *kv,
-                         const kernel_attn_seq *seqs, int n_seqs, int n_heads, float scale,
-                         int window) {
-    cuda_ctx *c = (cuda_ctx *)ctx;
+/* Builds the descriptors of seqs (decode sequences first, then the prefill ones with their
+ * first work items) and uploads them unless the device already holds the same ones (every
+ * layer of a step shares them). Returns the counts through the pointers. */
+static void cu_attn_descriptors(cuda_ctx *c, const kernel_attn_seq *seqs, int n_seqs, int n_heads,
+                                const kernel_kv_layer *kv, int *n_dec_out, int *n_pre_out,
+                                int *items_out, int *max_ctx_out) {
     CN_ASSERT(n_seqs > 0 && kv->n_kv_heads > 0 && n_heads % kv->n_kv_heads == 0);
-    CN_ASSERT(kv->type == DTYPE_F32 || kv->type == DTYPE_BF16);
     if (n_seqs > c->seqs_cap) {
-        /* outside the steady state: the engine's first step of a larger batch */
+        /* outside the steady state: the first step of a larger batch */
+        CN_ASSERT(!c->capturing);
         int cap = n_seqs > 256 ? n_seqs : 256;
         cu_sync(c);
+        cu_graphs_clear(c);
         if (c->h_seqs) CUDA_CHECK(cudaFreeHost(c->h_seqs));
         if (c->d_seqs) CUDA_CHECK(cudaFree(c->d_seqs));
         CUDA_CHECK(cudaMallocHost((void **)&c->h_seqs, 2 * (size_t)cap * sizeof(cuda_attn_seq)));
-        CUDA_CHECK(cudaMalloc((void **)&c->d_seqs, 2 * (size_t)cap * sizeof(cuda_attn_seq)));
+        CUDA_CHECK(cudaMalloc((void **)&c->d_seqs, (size_t)cap * sizeof(cuda_attn_seq)));
         c->seqs_cap = cap;
         c->seqs_bytes_last = 0;
     }
-    /* Plan into a host copy: decode sequences [0, n_dec), prefill ones after. The pinned
-     * buffer holds two halves: the plan being built (second half) and the one last uploaded
-     * (first half), so a repeated plan needs no copy. */
+    /* The pinned buffer holds two halves: the plan being built (second) and the one last
+     * uploaded (first), so a repeated plan costs a memcmp. */
     cuda_attn_seq *plan = c->h_seqs + c->seqs_cap;
     int n_dec = 0, n_pre = 0, max_ctx = 0, g = n_heads / kv->n_kv_heads;
     int q_tile = cuda_attn_q_tile(g), items = 0;
+    memset(plan, 0, (size_t)n_seqs * sizeof *plan); /* padding bytes too, for memcmp */
     for (int i = 0; i < n_seqs; i++)
         if (seqs[i].n_q == 1) {
             CN_ASSERT(seqs[i].n_ctx >= 1);
-            plan[n_dec++] = (cuda_attn_seq){seqs[i].q_start, 1, seqs[i].n_ctx, 0,
-                                            seqs[i].block_table};
+            cuda_attn_seq *d = &plan[n_dec++];
+            d->q_start = seqs[i].q_start, d->n_q = 1, d->n_ctx = seqs[i].n_ctx;
+            d->block_table = seqs[i].block_table;
             if (seqs[i].n_ctx > max_ctx) max_ctx = seqs[i].n_ctx;
         }
     for (int i = 0; i < n_seqs; i++)
         if (seqs[i].n_q != 1) {
             CN_ASSERT(seqs[i].n_q > 0 && seqs[i].n_q <= seqs[i].n_ctx);
-            plan[n_dec + n_pre++] = (cuda_attn_seq){seqs[i].q_start, seqs[i].n_q, seqs[i].n_ctx,
-                                                    items, seqs[i].block_table};
+            cuda_attn_seq *d = &plan[n_dec + n_pre++];
+            d->q_start = seqs[i].q_start, d->n_q = seqs[i].n_q, d->n_ctx = seqs[i].n_ctx;
+            d->item_start = items, d->block_table = seqs[i].block_table;
             items += kv->n_kv_heads * ((seqs[i].n_q + q_tile - 1) / q_tile);
         }
     size_t bytes = (size_t)n_seqs * sizeof(cuda_attn_seq);
     if (bytes != c->seqs_bytes_last || memcmp(plan, c->h_seqs, bytes) != 0) {
-        /* the last upload may still be reading the first half */
-        CUDA_CHECK(cudaEventSynchronize(c->seqs_uploaded));
+        /* a graph replays the descriptors it was captured with: plan before capturing */
+        CN_ASSERT(!c->capturing);
+        CUDA_CHECK(cudaEventSynchronize(c->seqs_uploaded)); /* the last upload has read it */
         memcpy(c->h_seqs, plan, bytes);
         CUDA_CHECK(cudaMemcpyAsync(c->d_seqs, c->h_seqs, bytes, cudaMemcpyHostToDevice,
                                    c->stream));
         CUDA_CHECK(cudaEventRecord(c->seqs_uploaded, c->stream));
         c->seqs_bytes_last = bytes;
     }
+    *n_dec_out = n_dec, *n_pre_out = n_pre, *items_out = items, *max_ctx_out = max_ctx;
+}
+
+static void cu_attention_plan(void *ctx, const kernel_attn_seq *seqs, int n_seqs, int n_heads,
+                              const kernel_kv_layer *kv, int32_t ctx_bound) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    int n_dec, n_pre, items, max_ctx;
+    cu_attn_descriptors(c, seqs, n_seqs, n_heads, kv, &n_dec, &n_pre, &items, &max_ctx);
+    c->ctx_bound = ctx_bound;
+}
+
+static void cu_attention(void *ctx, float *out, const float *q, const kernel_kv_layer *kv,
+                         const kernel_attn_seq *seqs, int n_seqs, int n_heads, float scale,
+                         int window) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    CN_ASSERT(kv->type == DTYPE_F32 || kv->type == DTYPE_BF16);
+    int n_dec, n_pre, items, max_ctx;
+    cu_attn_descriptors(c, seqs, n_seqs, n_heads, kv, &n_dec, &n_pre, &items, &max_ctx);
     cuda_kv_view view = {kv->k, kv->v, kv->type, kv->block_size, kv->n_kv_heads, kv->head_dim};
     if (n_dec) {
+        /* splits empty for a sequence shorter than the bound write nothing that counts */
+        int bound = c->ctx_bound > max_ctx ? c->ctx_bound : max_ctx;
         cuda_decode_plan dp = cuda_decode_plan_make(n_dec, kv->n_kv_heads, n_heads, kv->head_dim,
-                                                    max_ctx, c->n_sms,
+                                                    bound, c->n_sms,
                                                     CUDA_ATTN_PART_BYTES / sizeof(float));
         CUDA_CHECK(cuda_attention_decode(out, q, view, c->d_seqs, n_dec, n_heads, scale, window,
                                          dp, c->part, c->stream));
@@ -313,6 +357,47 @@ static void cu_attention(void *ctx, float *out, const float *q, const kernel_kv_
                                           scale, window, c->stream));
 }
 
+/* ---- graphs ---- */
+
+#define CUDA_MAX_GRAPHS 256
+
+static cinder_status cu_graph_run(void *ctx, uint64_t key, void (*body)(void *arg), void *arg,
+                                  cinder_error *err) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    for (int i = 0; i < c->n_graphs; i++)
+        if (c->graphs[i].key == key) {
+            CUDA_CHECK(cudaGraphLaunch(c->graphs[i].exec, c->stream));
+            return CINDER_OK;
+        }
+    if (c->n_graphs == CUDA_MAX_GRAPHS) { /* enough kept: run op by op */
+        body(arg);
+        return CINDER_OK;
+    }
+    if (c->n_graphs == c->cap_graphs) {
+        int cap = c->cap_graphs ? 2 * c->cap_graphs : 16;
+        void *p = realloc(c->graphs, (size_t)cap * sizeof *c->graphs);
+        if (!p) return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for CUDA graphs");
+        c->graphs = (struct cuda_graph *)p;
+        c->cap_graphs = cap;
+    }
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    c->capturing = true;
+    body(arg);
+    c->capturing = false;
+    CUDA_CHECK(cudaStreamEndCapture(c->stream, &graph));
+    cinder_status s = CUDA_TRY(cudaGraphInstantiate(&exec, graph, 0), err);
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    if (s) return s;
+    c->graphs[c->n_graphs].key = key;
+    c->graphs[c->n_graphs++].exec = exec;
+    LOG_DEBUG("%s: captured a graph for key %llu (%d kept)", c->name, (unsigned long long)key,
+              c->n_graphs);
+    CUDA_CHECK(cudaGraphLaunch(exec, c->stream));
+    return CINDER_OK;
+}
+
 /* ---- creation ---- */
 
 static void cu_destroy(kernel_ops *ops) {
@@ -320,6 +405,8 @@ static void cu_destroy(kernel_ops *ops) {
     cuda_ctx *c = (cuda_ctx *)ops->ctx;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
+    free(c->graphs);
     for (int i = 0; i < c->n_weights; i++) cudaFree(c->weights[i]);
     free(c->weights);
     if (c->act) cudaFree(c->act);
@@ -428,6 +515,8 @@ extern "C" kernel_ops *kernel_cuda_create(const kernel_cuda_options *opts, cinde
     c->ops.prepare_weight = cu_prepare_weight;
     c->ops.mem_info = cu_mem_info;
     c->ops.supports_kv = cu_supports_kv;
+    c->ops.attention_plan = cu_attention_plan;
+    c->ops.graph_run = cu_graph_run;
     LOG_INFO("%s: %s, %d SMs, %zu MiB, %s GEMM activations", c->name, prop.name, c->n_sms,
              prop.totalGlobalMem >> 20, gemm == KERNEL_CUDA_GEMM_FAST ? "fast" : "accurate");
     return &c->ops;
