@@ -357,3 +357,207 @@ cudaError_t cuda_attention_prefill(float *out, const float *q, cuda_kv_view kv,
     if (hd <= 256) return prefill_dpt<64, 16>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
     return cudaErrorInvalidValue;
 }
+
+/* ---- prefill on tensor cores (BF16 KV pools, head dim 64 or 128) ----
+ *
+ * FlashAttention-2 on mma.sync m16n8k16 (BF16 in, FP32 accumulate): a work item is
+ * (sequence, query head, tile of 64 queries), 4 warps of 16 query rows each. Q (scaled by
+ * scale * log2 e, rounded to BF16) stays in registers as A fragments; each tile of 64 keys of
+ * K and V is copied from the paged pool into shared memory; S = Q K^T and O += P V run on
+ * tensor cores, P rounded to BF16 from the S accumulators without leaving registers; the
+ * online softmax (base 2) runs on the accumulators, each row's max and sum shared by the 4
+ * lanes that hold it. Fragment layouts are PTX's for m16n8k16: lane = 4 g + t; A: rows g and
+ * g + 8, columns 2t, 2t + 1 (+ 8); B: rows (k) 2t, 2t + 1 (+ 8), column (n) g; C: rows g and
+ * g + 8, columns 2t, 2t + 1. */
+
+#define TC_BM 64 /* queries per item */
+#define TC_BN 64 /* keys per tile */
+
+__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+    return *(uint32_t *)&v;
+}
+
+__device__ __forceinline__ void tc_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                       uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap(); /* never launched below sm_80 (cuda_attention_prefill_tc_fits, cu_prefill_tc) */
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+template <int HD>
+__global__ void __launch_bounds__(128)
+k_attn_prefill_tc(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
+                  const cuda_attn_seq *__restrict__ seqs, int n_seqs, int n_heads, float scale,
+                  int window) {
+    constexpr int LD = HD + 8; /* smem row stride in bf16 (16-byte aligned, fewer conflicts) */
+    constexpr int KS = HD / 16; /* k-steps of Q K^T */
+    constexpr int NT = HD / 8;  /* n-tiles of O */
+    __shared__ __align__(16) uint16_t ks[TC_BN * LD], vs[TC_BN * LD];
+    const int item = blockIdx.x;
+    int lo = 0, hi = n_seqs - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (seqs[mid].item_start <= item) lo = mid;
+        else hi = mid - 1;
+    }
+    const cuda_attn_seq s = seqs[lo];
+    const int bs = kv.block_size, nkv = kv.n_kv_heads, g_heads = n_heads / nkv;
+    const int n_tiles = (s.n_q + TC_BM - 1) / TC_BM;
+    const int local = item - s.item_start, head = local / n_tiles;
+    const int tile = n_tiles - 1 - local % n_tiles; /* the longest tiles first */
+    const int kvh = head / g_heads;
+    const int t0 = tile * TC_BM;
+    const int32_t first_pos = s.n_ctx - s.n_q;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r_lo = t0 + warp * 16 + g, r_hi = r_lo + 8; /* this lane's two query rows */
+    const bool v_lo = r_lo < s.n_q, v_hi = r_hi < s.n_q;
+    const int32_t p_lo = first_pos + r_lo, p_hi = first_pos + r_hi;
+    const float qs = scale * 1.4426950408889634f; /* scores in base 2 */
+
+    uint32_t qa[KS][4];
+    {
+        const float *q_lo = q + ((size_t)(s.q_start + (v_lo ? r_lo : 0)) * n_heads + head) * HD;
+        const float *q_hi = q + ((size_t)(s.q_start + (v_hi ? r_hi : 0)) * n_heads + head) * HD;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            int c = kk * 16 + 2 * t;
+            float2 a = v_lo ? *(const float2 *)(q_lo + c) : make_float2(0, 0);
+            float2 b = v_hi ? *(const float2 *)(q_hi + c) : make_float2(0, 0);
+            float2 a8 = v_lo ? *(const float2 *)(q_lo + c + 8) : make_float2(0, 0);
+            float2 b8 = v_hi ? *(const float2 *)(q_hi + c + 8) : make_float2(0, 0);
+            qa[kk][0] = tc_pack(a.x * qs, a.y * qs);
+            qa[kk][1] = tc_pack(b.x * qs, b.y * qs);
+            qa[kk][2] = tc_pack(a8.x * qs, a8.y * qs);
+            qa[kk][3] = tc_pack(b8.x * qs, b8.y * qs);
+        }
+    }
+    float o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0, l_hi = 0;
+
+    const int32_t last = min(first_pos + t0 + TC_BM - 1, s.n_ctx - 1); /* last key any row sees */
+    int32_t first = window > 0 ? first_pos + t0 - window + 1 : 0;
+    if (first < 0) first = 0;
+    first -= first % TC_BN;
+    for (int32_t k0 = first; k0 <= last; k0 += TC_BN) {
+        __syncthreads(); /* the previous tile is read */
+        /* K and V tile: 64 keys x HD bf16, in 16-byte pieces */
+        for (int i = threadIdx.x; i < TC_BN * (HD / 8); i += 128) {
+            int j = i / (HD / 8), c = (i % (HD / 8)) * 8;
+            int32_t p = k0 + j;
+            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+            if (p <= last) {
+                int32_t blk = s.block_table[p / bs];
+                size_t a = (((size_t)blk * nkv + kvh) * bs + p % bs) * HD + c;
+                kv4 = *(const uint4 *)((const uint16_t *)kv.k + a);
+                vv4 = *(const uint4 *)((const uint16_t *)kv.v + a);
+            }
+            *(uint4 *)&ks[j * LD + c] = kv4;
+            *(uint4 *)&vs[j * LD + c] = vv4;
+        }
+        __syncthreads();
+        /* S = Q K^T: 8 n-tiles of 8 keys */
+        float sc[TC_BN / 8][4];
+#pragma unroll
+        for (int j = 0; j < TC_BN / 8; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0;
+            const uint16_t *kr = &ks[(8 * j + g) * LD + 2 * t];
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                uint32_t b0 = *(const uint32_t *)(kr + kk * 16);
+                uint32_t b1 = *(const uint32_t *)(kr + kk * 16 + 8);
+                tc_mma(sc[j], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
+            }
+        }
+        /* masks, row maxima */
+        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < TC_BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int32_t p = k0 + 8 * j + 2 * t + e;
+                bool ok_lo = v_lo && p <= p_lo && (window <= 0 || p > p_lo - window);
+                bool ok_hi = v_hi && p <= p_hi && (window <= 0 || p > p_hi - window);
+                if (!ok_lo) sc[j][e] = -INFINITY;
+                if (!ok_hi) sc[j][2 + e] = -INFINITY;
+                mx_lo = fmaxf(mx_lo, sc[j][e]);
+                mx_hi = fmaxf(mx_hi, sc[j][2 + e]);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        /* a row that has seen nothing yet keeps zeros: subtract 0 instead of -inf */
+        float u_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, u_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+        float c_lo = exp2f(m_lo - u_lo), c_hi = exp2f(m_hi - u_hi); /* 0 when m was -inf */
+        m_lo = mn_lo, m_hi = mn_hi;
+        float sum_lo = 0, sum_hi = 0;
+#pragma unroll
+        for (int j = 0; j < TC_BN / 8; j++) {
+            sc[j][0] = exp2f(sc[j][0] - u_lo), sc[j][1] = exp2f(sc[j][1] - u_lo);
+            sc[j][2] = exp2f(sc[j][2] - u_hi), sc[j][3] = exp2f(sc[j][3] - u_hi);
+            sum_lo += sc[j][0] + sc[j][1];
+            sum_hi += sc[j][2] + sc[j][3];
+        }
+        l_lo = l_lo * c_lo + sum_lo; /* this lane's part of the row sum; summed at the end */
+        l_hi = l_hi * c_hi + sum_hi;
+#pragma unroll
+        for (int n = 0; n < NT; n++) o[n][0] *= c_lo, o[n][1] *= c_lo, o[n][2] *= c_hi, o[n][3] *= c_hi;
+        /* O += P V: 4 k-steps of 16 keys; P's A fragments come from two S n-tiles */
+#pragma unroll
+        for (int ks16 = 0; ks16 < TC_BN / 16; ks16++) {
+            uint32_t a0 = tc_pack(sc[2 * ks16][0], sc[2 * ks16][1]);
+            uint32_t a1 = tc_pack(sc[2 * ks16][2], sc[2 * ks16][3]);
+            uint32_t a2 = tc_pack(sc[2 * ks16 + 1][0], sc[2 * ks16 + 1][1]);
+            uint32_t a3 = tc_pack(sc[2 * ks16 + 1][2], sc[2 * ks16 + 1][3]);
+            const uint16_t *v0 = &vs[(16 * ks16 + 2 * t) * LD + g];
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const uint16_t *vp = v0 + 8 * n;
+                uint32_t b0 = (uint32_t)vp[0] | ((uint32_t)vp[LD] << 16);
+                uint32_t b1 = (uint32_t)vp[8 * LD] | ((uint32_t)vp[9 * LD] << 16);
+                tc_mma(o[n], a0, a1, a2, a3, b0, b1);
+            }
+        }
+    }
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    float i_lo = l_lo > 0 ? 1.0f / l_lo : 0.0f, i_hi = l_hi > 0 ? 1.0f / l_hi : 0.0f;
+    float *o_lo = out + ((size_t)(s.q_start + r_lo) * n_heads + head) * HD;
+    float *o_hi = out + ((size_t)(s.q_start + r_hi) * n_heads + head) * HD;
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        int c = 8 * n + 2 * t;
+        if (v_lo) *(float2 *)(o_lo + c) = make_float2(o[n][0] * i_lo, o[n][1] * i_lo);
+        if (v_hi) *(float2 *)(o_hi + c) = make_float2(o[n][2] * i_hi, o[n][3] * i_hi);
+    }
+}
+
+bool cuda_attention_prefill_tc_fits(dtype kv_type, int head_dim) {
+    return kv_type == DTYPE_BF16 && (head_dim == 64 || head_dim == 128);
+}
+
+cudaError_t cuda_attention_prefill_tc(float *out, const float *q, cuda_kv_view kv,
+                                      const cuda_attn_seq *seqs, int n_seqs, int n_items,
+                                      int n_heads, float scale, int window, cudaStream_t s) {
+    if (n_seqs <= 0 || n_items <= 0) return cudaSuccess;
+    if (!cuda_attention_prefill_tc_fits(kv.type, kv.head_dim)) return cudaErrorInvalidValue;
+    if (kv.head_dim == 64)
+        k_attn_prefill_tc<64><<<(unsigned)n_items, 128, 0, s>>>(out, q, kv, seqs, n_seqs, n_heads,
+                                                               scale, window);
+    else
+        k_attn_prefill_tc<128><<<(unsigned)n_items, 128, 0, s>>>(out, q, kv, seqs, n_seqs,
+                                                                n_heads, scale, window);
+    return cudaGetLastError();
+}

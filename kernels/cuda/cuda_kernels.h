@@ -73,6 +73,14 @@ static inline int cuda_attn_q_tile(int g) {
 cudaError_t cuda_attention_prefill(float *out, const float *q, cuda_kv_view kv,
                                    const cuda_attn_seq *seqs, int n_seqs, int n_items,
                                    int n_heads, float scale, int window, cudaStream_t s);
+/* The same on tensor cores (BF16 in, FP32 accumulation; Q and P rounded to BF16) for BF16
+ * pools of head dim 64 or 128 (cuda_attention_prefill_tc_fits); work items are (sequence,
+ * query head, tile of CUDA_ATTN_TC_ROWS queries). */
+#define CUDA_ATTN_TC_ROWS 64
+bool cuda_attention_prefill_tc_fits(dtype kv_type, int head_dim);
+cudaError_t cuda_attention_prefill_tc(float *out, const float *q, cuda_kv_view kv,
+                                      const cuda_attn_seq *seqs, int n_seqs, int n_items,
+                                      int n_heads, float scale, int window, cudaStream_t s);
 /* Splits of a decode attention call: chunks of chunk keys (a multiple of 32) so that the
  * grid fills the device and the partials fit part_floats floats. */
 typedef struct cuda_decode_plan {

@@ -27,8 +27,9 @@ struct cuda_graph {
 typedef struct cuda_ctx {
     kernel_ops ops;
     char name[64];
-    int device, n_sms;
+    int device, n_sms, cc_major;
     kernel_cuda_gemm gemm;
+    bool simt_prefill;
     cudaStream_t stream;
     cublasHandle_t blas;
     void *blas_ws;
@@ -271,6 +272,12 @@ static void cu_matmul(void *ctx, float *out, const float *x, const kernel_weight
     }
 }
 
+/* Whether prefill attention over kv runs on tensor cores. */
+static bool cu_prefill_tc(const cuda_ctx *c, const kernel_kv_layer *kv) {
+    return !c->simt_prefill && c->cc_major >= 8 &&
+           cuda_attention_prefill_tc_fits(kv->type, kv->head_dim);
+}
+
 /* Builds the descriptors of seqs (decode sequences first, then the prefill ones with their
  * first work items) and uploads them unless the device already holds the same ones (every
  * layer of a step shares them). Returns the counts through the pointers. */
@@ -295,7 +302,9 @@ static void cu_attn_descriptors(cuda_ctx *c, const kernel_attn_seq *seqs, int n_
      * uploaded (first), so a repeated plan costs a memcmp. */
     cuda_attn_seq *plan = c->h_seqs + c->seqs_cap;
     int n_dec = 0, n_pre = 0, max_ctx = 0, g = n_heads / kv->n_kv_heads;
-    int q_tile = cuda_attn_q_tile(g), items = 0;
+    bool tc = cu_prefill_tc(c, kv);
+    int q_tile = tc ? CUDA_ATTN_TC_ROWS : cuda_attn_q_tile(g), items = 0;
+    int per_tile = tc ? n_heads : kv->n_kv_heads; /* items per query tile */
     memset(plan, 0, (size_t)n_seqs * sizeof *plan); /* padding bytes too, for memcmp */
     for (int i = 0; i < n_seqs; i++)
         if (seqs[i].n_q == 1) {
@@ -311,7 +320,7 @@ static void cu_attn_descriptors(cuda_ctx *c, const kernel_attn_seq *seqs, int n_
             cuda_attn_seq *d = &plan[n_dec + n_pre++];
             d->q_start = seqs[i].q_start, d->n_q = seqs[i].n_q, d->n_ctx = seqs[i].n_ctx;
             d->item_start = items, d->block_table = seqs[i].block_table;
-            items += kv->n_kv_heads * ((seqs[i].n_q + q_tile - 1) / q_tile);
+            items += per_tile * ((seqs[i].n_q + q_tile - 1) / q_tile);
         }
     size_t bytes = (size_t)n_seqs * sizeof(cuda_attn_seq);
     if (bytes != c->seqs_bytes_last || memcmp(plan, c->h_seqs, bytes) != 0) {
@@ -352,7 +361,10 @@ static void cu_attention(void *ctx, float *out, const float *q, const kernel_kv_
         CUDA_CHECK(cuda_attention_decode(out, q, view, c->d_seqs, n_dec, n_heads, scale, window,
                                          dp, c->part, c->stream));
     }
-    if (n_pre)
+    if (n_pre && cu_prefill_tc(c, kv))
+        CUDA_CHECK(cuda_attention_prefill_tc(out, q, view, c->d_seqs + n_dec, n_pre, items,
+                                             n_heads, scale, window, c->stream));
+    else if (n_pre)
         CUDA_CHECK(cuda_attention_prefill(out, q, view, c->d_seqs + n_dec, n_pre, items, n_heads,
                                           scale, window, c->stream));
 }
@@ -425,6 +437,7 @@ extern "C" kernel_cuda_options kernel_cuda_options_default(void) {
     kernel_cuda_options o;
     o.device = 0;
     o.gemm = KERNEL_CUDA_GEMM_DEFAULT;
+    o.simt_prefill = false;
     return o;
 }
 
@@ -470,12 +483,17 @@ extern "C" kernel_ops *kernel_cuda_create(const kernel_cuda_options *opts, cinde
     c->ops.ctx = c; /* before anything that may fail into cu_destroy */
     c->device = o.device;
     c->gemm = gemm;
+    {
+        const char *env = getenv("CINDER_CUDA_PREFILL");
+        c->simt_prefill = o.simt_prefill || (env && strcmp(env, "simt") == 0);
+    }
     cudaDeviceProp prop;
     if (CUDA_TRY(cudaSetDevice(o.device), err)) goto fail;
     if (CUDA_TRY(cudaGetDeviceProperties(&prop, o.device), err)) goto fail;
     c->n_sms = prop.multiProcessorCount;
-    snprintf(c->name, sizeof c->name, "cuda%d-sm%d%d%s", o.device, prop.major, prop.minor,
-             gemm == KERNEL_CUDA_GEMM_FAST ? "-fast" : "");
+    c->cc_major = prop.major;
+    snprintf(c->name, sizeof c->name, "cuda%d-sm%d%d%s%s", o.device, prop.major, prop.minor,
+             gemm == KERNEL_CUDA_GEMM_FAST ? "-fast" : "", c->simt_prefill ? "-simt" : "");
     if (CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), err)) goto fail;
     if (CUDA_TRY(cudaEventCreateWithFlags(&c->seqs_uploaded, cudaEventDisableTiming), err))
         goto fail;

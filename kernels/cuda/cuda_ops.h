@@ -15,7 +15,9 @@
  *   attention  sequences with one query: paged decode attention (a KV head's query heads
  *           share each K/V load, the context split in chunks with a combine step:
  *           flash-decoding); the others: flash attention over the paged K/V (tiles of keys,
- *           online softmax in FP32, causal, GQA). KV pools F32 or BF16.
+ *           online softmax in FP32, causal, GQA). KV pools F32 or BF16; on BF16 pools of head
+ *           dim 64 or 128 the prefill runs on tensor cores (Q and P rounded to BF16, FP32
+ *           accumulation), elsewhere in FP32 SIMT.
  * A CUDA failure inside an op aborts with the call, file and line (the op interface has no
  * runtime status; a device fault leaves nothing to recover). */
 #ifndef CINDER_CUDA_OPS_H
@@ -37,6 +39,8 @@ typedef enum kernel_cuda_gemm {
 typedef struct kernel_cuda_options {
     int device;            /* CUDA device ordinal */
     kernel_cuda_gemm gemm;
+    bool simt_prefill;     /* flash prefill on BF16 pools with the FP32 SIMT kernel rather than
+                              tensor cores (also CINDER_CUDA_PREFILL=simt) */
 } kernel_cuda_options;
 
 kernel_cuda_options kernel_cuda_options_default(void);
