@@ -6,7 +6,8 @@
  *             128, BF16 KV: K/V bytes read / time, as a fraction of the copy bandwidth
  *   prefill   flash attention, 8 sequences x 2048 tokens, 32/8 heads, head dim 128, causal:
  *             TFLOP/s (4 * heads * hd * causal pairs per sequence)
- *   engine    decode tokens/s of models given on the command line (batch 1 and 64), batch 1
+ *   engine    decode tokens/s (BF16 KV, CUDA graphs) of models given on the command line
+ *             (batch 1 and 64, 64 tokens of context), batch 1
  *             against the bound copy bandwidth / bytes of weights one step reads
  *
  *   bench_cuda [--tsv FILE] [--model LABEL=PATH]...
@@ -267,6 +268,7 @@ static void bench_engine(const char *label, const char *path, double copy_gbs) {
     int nb = (ctx0 + steps * 2 + 8 + bs - 1) / bs + 1;
     engine_options o = engine_options_default();
     o.backend = ENGINE_BACKEND_CUDA;
+    o.kv_type = DTYPE_BF16;
     o.kv_blocks = B * nb;
     o.max_seqs = B;
     o.max_batch_tokens = B * ctx0;

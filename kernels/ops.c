@@ -130,7 +130,7 @@ const char *kernel_act_name(kernel_act_precision act) {
 
 void *kernel_alloc(kernel_ops *k, size_t bytes, cinder_error *err) {
     if (k->alloc) return k->alloc(k->ctx, bytes, err);
-    void *p = malloc(bytes ? bytes : 1);
+    void *p = calloc(1, bytes ? bytes : 1);
     if (!p) cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for %zu bytes", bytes);
     return p;
 }

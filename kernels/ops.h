@@ -200,7 +200,8 @@ struct kernel_ops {
     /* ---- memory hooks: all optional; NULL means host memory (malloc, memcpy, nothing to
      * wait for), which is what the CPU backend uses. ---- */
 
-    /* bytes of backend memory (NULL and err filled when it runs out); freed by free_mem. */
+    /* bytes of zeroed backend memory (NULL and err filled when it runs out); freed by
+     * free_mem. */
     void *(*alloc)(void *ctx, size_t bytes, cinder_error *err);
     void (*free_mem)(void *ctx, void *p);
     /* Host -> backend and backend -> host copies of bytes. download returns once the bytes

@@ -24,21 +24,8 @@ kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_
 
 /* Zeroed backend memory for a pool (calloc on the host). */
 static float *kv_pool_alloc(kernel_ops *b, size_t bytes, cinder_error *err) {
-    if (!b || kernel_host_memory(b)) return calloc(1, bytes);
-    void *p = kernel_alloc(b, bytes, err);
-    if (!p) return NULL;
-    /* Zeros through a host buffer of at most 64 MiB, uploaded piece by piece. */
-    size_t chunk = bytes < ((size_t)64 << 20) ? bytes : ((size_t)64 << 20);
-    void *zeros = calloc(1, chunk);
-    if (!zeros) {
-        kernel_free(b, p);
-        return NULL;
-    }
-    for (size_t off = 0; off < bytes; off += chunk)
-        kernel_upload(b, (uint8_t *)p + off, zeros, bytes - off < chunk ? bytes - off : chunk);
-    kernel_sync(b);
-    free(zeros);
-    return p;
+    if (!b) return calloc(1, bytes);
+    return kernel_alloc(b, bytes, err); /* zeroed */
 }
 
 static void kv_pool_free(kernel_ops *b, float *p) {

@@ -42,8 +42,8 @@ size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int
 kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_size,
                           int32_t n_blocks, cinder_error *err);
 /* The same in a backend's memory (NULL: host) with pools of type (F32, or BF16 where
- * kernel_supports_kv says so; CINDER_ERR_UNSUPPORTED otherwise). Pools in device memory are
- * zeroed too. */
+ * kernel_supports_kv says so; CINDER_ERR_UNSUPPORTED otherwise). Pools come zeroed
+ * (kernel_alloc's memory is). */
 kv_cache *kv_cache_create_on(kernel_ops *backend, int n_layers, int n_kv_heads, int head_dim,
                              int block_size, int32_t n_blocks, dtype type, cinder_error *err);
 void kv_cache_free(kv_cache *c);

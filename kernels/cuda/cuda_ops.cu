@@ -86,6 +86,11 @@ static void *cu_alloc(void *ctx, size_t bytes, cinder_error *err) {
     cu_ctx_device(c);
     void *p = NULL;
     if (CUDA_TRY(cudaMalloc(&p, bytes ? bytes : 1), err)) return NULL;
+    /* zeroed, as the interface promises: ordered before every later op on the stream */
+    if (CUDA_TRY(cudaMemsetAsync(p, 0, bytes, c->stream), err)) {
+        cudaFree(p);
+        return NULL;
+    }
     return p;
 }
 
@@ -124,7 +129,10 @@ static cinder_status cu_prepare_weight(void *ctx, kernel_weight *w, cinder_error
     }
     void *d = cu_alloc(c, bytes, err);
     if (!d) return err ? err->status : CINDER_ERR_NOMEM;
-    cinder_status s = CUDA_TRY(cudaMemcpy(d, w->data, bytes, cudaMemcpyHostToDevice), err);
+    /* on the backend's stream, after the zeroing cu_alloc queued there */
+    cinder_status s = CUDA_TRY(
+        cudaMemcpyAsync(d, w->data, bytes, cudaMemcpyHostToDevice, c->stream), err);
+    if (!s) s = CUDA_TRY(cudaStreamSynchronize(c->stream), err);
     if (s) {
         cudaFree(d);
         return s;

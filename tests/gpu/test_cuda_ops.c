@@ -229,6 +229,7 @@ static void test_matmul(void) {
                     kernel_ops *g = fast ? gpu_fast : gpu;
                     poison(dout, (size_t)n * rows * 4);
                     kernel_matmul(g, dout, dx, &w.d, n);
+                    kernel_sync(g); /* two backends, two streams: dl() reads on gpu's */
                     float *got = dl(dout, (size_t)n * rows);
                     /* fast: activations rounded to F16/BF16 in cuBLAS GEMMs */
                     double tl = fast && n > 8 && (t == DTYPE_F16 || t == DTYPE_BF16) ? 2e-2 : tol;
@@ -303,6 +304,7 @@ static void attn_case(int bs, int nkv, int g, int hd, dtype kvt, const int *nq, 
         bool tc = b == 0 && prefill && kvt == DTYPE_BF16 && (hd == 64 || hd == 128);
         poison(dout, qc * 4);
         kernel_attention(b ? gpu_fast : gpu, dout, dq, &kv_g, sg, n_seqs, nh, scale, 0);
+        kernel_sync(b ? gpu_fast : gpu); /* two backends, two streams */
         float *got = dl(dout, qc);
         CHECK_CLOSE(got, want, qc, tc ? 1.5e-2 : 1e-4,
                     "attention %s bs %d kv %d g %d hd %d %s seqs %d (n_q %d ctx %d)",
