@@ -27,6 +27,65 @@ __device__ __forceinline__ float kv_at(const void *p, size_t i) {
 
 #define DEC_WARPS 4
 
+/* K and V of key position j, KV head h: this lane's EPL values of each. */
+template <int EPL, bool BF16>
+__device__ __forceinline__ void dec_load(const cuda_kv_view &kv, const int32_t *block_table,
+                                         int32_t j, int h, int lane, float kr[EPL],
+                                         float vr[EPL]) {
+    const int hd = kv.head_dim, bs = kv.block_size;
+    int32_t blk = block_table[j / bs];
+    size_t base = (((size_t)blk * kv.n_kv_heads + h) * bs + j % bs) * hd;
+    if (EPL % 4 == 0 && hd == 32 * EPL) {
+        /* full rows: 4 values per load (8 bytes of BF16, 16 of F32; aligned since base and
+         * lane * EPL are multiples of 4) */
+#pragma unroll
+        for (int e = 0; e < EPL; e += 4) {
+            size_t a = base + lane * EPL + e;
+            if (BF16) {
+                uint2 uk = *(const uint2 *)((const uint16_t *)kv.k + a);
+                uint2 uv = *(const uint2 *)((const uint16_t *)kv.v + a);
+                kr[e] = __uint_as_float(uk.x << 16), kr[e + 1] = __uint_as_float(uk.x & 0xffff0000u);
+                kr[e + 2] = __uint_as_float(uk.y << 16), kr[e + 3] = __uint_as_float(uk.y & 0xffff0000u);
+                vr[e] = __uint_as_float(uv.x << 16), vr[e + 1] = __uint_as_float(uv.x & 0xffff0000u);
+                vr[e + 2] = __uint_as_float(uv.y << 16), vr[e + 3] = __uint_as_float(uv.y & 0xffff0000u);
+            } else {
+                float4 fk = *(const float4 *)((const float *)kv.k + a);
+                float4 fv = *(const float4 *)((const float *)kv.v + a);
+                kr[e] = fk.x, kr[e + 1] = fk.y, kr[e + 2] = fk.z, kr[e + 3] = fk.w;
+                vr[e] = fv.x, vr[e + 1] = fv.y, vr[e + 2] = fv.z, vr[e + 3] = fv.w;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < EPL; e++) {
+            int d = lane * EPL + e;
+            kr[e] = d < hd ? kv_at<BF16>(kv.k, base + d) : 0.0f;
+            vr[e] = d < hd ? kv_at<BF16>(kv.v, base + d) : 0.0f;
+        }
+    }
+}
+
+/* One key into the running state of the g query heads (online softmax). */
+template <int EPL, int G>
+__device__ __forceinline__ void dec_update(const float (&qv)[G][EPL], float (&acc)[G][EPL],
+                                           float (&m)[G], float (&l)[G], int g,
+                                           const float kr[EPL], const float vr[EPL]) {
+#pragma unroll
+    for (int gi = 0; gi < G; gi++) {
+        if (gi >= g) break;
+        float dot = 0;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) dot += qv[gi][e] * kr[e];
+        dot = cu_warp_sum(dot);
+        float m_new = fmaxf(m[gi], dot);
+        float corr = __expf(m[gi] - m_new), p = __expf(dot - m_new);
+        l[gi] = l[gi] * corr + p;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) acc[gi][e] = acc[gi][e] * corr + p * vr[e];
+        m[gi] = m_new;
+    }
+}
+
 /* EPL: head dims per lane (head_dim <= 32 * EPL); G: most query heads per KV head. */
 template <int EPL, int G, bool BF16>
 __global__ void __launch_bounds__(32 * DEC_WARPS)
@@ -36,7 +95,7 @@ k_attn_decode(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view
     extern __shared__ float smem[]; /* [DEC_WARPS][g][hd] acc, [DEC_WARPS][g] m, l */
     const int h = blockIdx.x, si = blockIdx.y, sp = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int hd = kv.head_dim, bs = kv.block_size, nkv = kv.n_kv_heads, g = n_heads / nkv;
+    const int hd = kv.head_dim, nkv = kv.n_kv_heads, g = n_heads / nkv;
     const cuda_attn_seq s = seqs[si];
     const int32_t qpos = s.n_ctx - 1;
     int32_t start = sp * chunk, end = min(s.n_ctx, start + chunk);
@@ -55,52 +114,14 @@ k_attn_decode(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view
                             : 0.0f;
         }
     }
-    for (int32_t j = start + warp; j < end; j += DEC_WARPS) {
-        int32_t blk = s.block_table[j / bs];
-        size_t base = (((size_t)blk * nkv + h) * bs + j % bs) * hd;
-        float kr[EPL], vr[EPL];
-        if (EPL % 4 == 0 && hd == 32 * EPL) {
-            /* full rows: 4 values per load (8 bytes of BF16, 16 of F32; aligned since base
-             * and lane * EPL are multiples of 4) */
-#pragma unroll
-            for (int e = 0; e < EPL; e += 4) {
-                size_t a = base + lane * EPL + e;
-                if (BF16) {
-                    uint2 uk = *(const uint2 *)((const uint16_t *)kv.k + a);
-                    uint2 uv = *(const uint2 *)((const uint16_t *)kv.v + a);
-                    kr[e] = __uint_as_float(uk.x << 16), kr[e + 1] = __uint_as_float(uk.x & 0xffff0000u);
-                    kr[e + 2] = __uint_as_float(uk.y << 16), kr[e + 3] = __uint_as_float(uk.y & 0xffff0000u);
-                    vr[e] = __uint_as_float(uv.x << 16), vr[e + 1] = __uint_as_float(uv.x & 0xffff0000u);
-                    vr[e + 2] = __uint_as_float(uv.y << 16), vr[e + 3] = __uint_as_float(uv.y & 0xffff0000u);
-                } else {
-                    float4 fk = *(const float4 *)((const float *)kv.k + a);
-                    float4 fv = *(const float4 *)((const float *)kv.v + a);
-                    kr[e] = fk.x, kr[e + 1] = fk.y, kr[e + 2] = fk.z, kr[e + 3] = fk.w;
-                    vr[e] = fv.x, vr[e + 1] = fv.y, vr[e + 2] = fv.z, vr[e + 3] = fv.w;
-                }
-            }
-        } else {
-#pragma unroll
-            for (int e = 0; e < EPL; e++) {
-                int d = lane * EPL + e;
-                kr[e] = d < hd ? kv_at<BF16>(kv.k, base + d) : 0.0f;
-                vr[e] = d < hd ? kv_at<BF16>(kv.v, base + d) : 0.0f;
-            }
-        }
-#pragma unroll
-        for (int gi = 0; gi < G; gi++) {
-            if (gi >= g) break;
-            float dot = 0;
-#pragma unroll
-            for (int e = 0; e < EPL; e++) dot += qv[gi][e] * kr[e];
-            dot = cu_warp_sum(dot);
-            float m_new = fmaxf(m[gi], dot);
-            float corr = __expf(m[gi] - m_new), p = __expf(dot - m_new);
-            l[gi] = l[gi] * corr + p;
-#pragma unroll
-            for (int e = 0; e < EPL; e++) acc[gi][e] = acc[gi][e] * corr + p * vr[e];
-            m[gi] = m_new;
-        }
+    /* two keys per warp and iteration: both loads are in flight before the math */
+    for (int32_t j = start + warp; j < end; j += 2 * DEC_WARPS) {
+        const bool two = j + DEC_WARPS < end; /* warp-uniform */
+        float kr0[EPL], vr0[EPL], kr1[EPL], vr1[EPL];
+        dec_load<EPL, BF16>(kv, s.block_table, j, h, lane, kr0, vr0);
+        if (two) dec_load<EPL, BF16>(kv, s.block_table, j + DEC_WARPS, h, lane, kr1, vr1);
+        dec_update<EPL, G>(qv, acc, m, l, g, kr0, vr0);
+        if (two) dec_update<EPL, G>(qv, acc, m, l, g, kr1, vr1);
     }
     float *sacc = smem, *sm = smem + (size_t)DEC_WARPS * g * hd, *sl = sm + DEC_WARPS * g;
 #pragma unroll
@@ -165,7 +186,9 @@ cuda_decode_plan cuda_decode_plan_make(int n_seqs, int n_kv_heads, int n_heads, 
                                        int max_ctx, int n_sms, size_t part_floats) {
     cuda_decode_plan p = {1, max_ctx > 0 ? max_ctx : 1};
     int64_t base = (int64_t)n_seqs * n_kv_heads;
-    int64_t want = (16 * (int64_t)(n_sms > 0 ? n_sms : 132) + base - 1) / base;
+    /* about one full wave of 16 four-warp blocks per SM (rounded down: a second, mostly
+     * idle wave costs more than a slightly short first one) */
+    int64_t want = 16 * (int64_t)(n_sms > 0 ? n_sms : 132) / base;
     int64_t most = (max_ctx + 63) / 64; /* at least 64 keys (16 per warp) per split */
     if (want > most) want = most;
     int64_t per = (int64_t)n_seqs * n_heads * (head_dim + 2);
