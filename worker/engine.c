@@ -118,8 +118,9 @@ static cinder_status engine_weight(engine *e, const model *m, const char *name, 
     if (!t) return cinder_error_set(err, CINDER_ERR_FORMAT, "tensor '%s' is missing", name);
     cinder_status s = kernel_weight_from_tensor(t, w, err);
     if (s) return s;
+    float *f = NULL;
     if (w->type != DTYPE_F32 && (f32 || !kernel_supports(e->k, w->type))) {
-        float *f = engine_own(e, (size_t)(w->rows * w->cols));
+        f = engine_own(e, (size_t)(w->rows * w->cols));
         if (!f)
             return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for '%s' in F32", name);
         for (int64_t r = 0; r < w->rows; r++)
@@ -131,8 +132,16 @@ static cinder_status engine_weight(engine *e, const model *m, const char *name, 
     }
     /* Where the ops read it: in place on the CPU, a device copy on CUDA. */
     s = kernel_prepare_weight(e->k, w, err);
-    if (s) cinder_error_prefix(err, "'%s'", name);
-    return s;
+    if (s) {
+        cinder_error_prefix(err, "'%s'", name);
+        return s;
+    }
+    if (f && w->data != f) { /* copied elsewhere (the device): the host copy is not needed */
+        CN_ASSERT(e->owned[e->n_owned - 1] == f);
+        free(f);
+        e->n_owned--;
+    }
+    return CINDER_OK;
 }
 
 /* A 1-D norm weight as F32 (norms are F32 in every file seen, but need not be). */

@@ -186,4 +186,8 @@ if [ $FAILED -ne 0 ]; then
     echo "RESULT: FAILED (see the rows above and $L)"
     exit 1
 fi
+if [ -z "${DEVICE:-}" ]; then
+    echo "RESULT: built and set up, but there is no GPU here: the GPU tests were skipped"
+    exit 2
+fi
 echo "RESULT: all GPU steps passed"
