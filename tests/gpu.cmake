@@ -22,7 +22,7 @@ if(CINDER_CUDA)
     add_test(NAME test_cuda_engine_1b_bf16
              COMMAND test_cuda_engine ${CINDER_GPU_MODELS}/llama-1b-bf16.gguf --min-agree 0.99)
     add_test(NAME test_cuda_engine_1b_bf16_bf16kv
-             COMMAND test_cuda_engine ${CINDER_GPU_MODELS}/llama-1b-bf16.gguf --kv bf16 --min-agree 0.97)
+             COMMAND test_cuda_engine ${CINDER_GPU_MODELS}/llama-1b-bf16.gguf --kv bf16 --min-agree 0.95)
     add_test(NAME test_cuda_engine_1b_q4_1
              COMMAND test_cuda_engine ${CINDER_GPU_MODELS}/llama-1b-q4_1.gguf --min-agree 0.97)
     set_tests_properties(test_cuda_engine_tiny_f32 test_cuda_engine_tiny_f32_bf16kv
