@@ -92,7 +92,16 @@ PY
     export PKG_CONFIG_PATH=$ARCH_LIB/pkgconfig:$D/usr/share/pkgconfig
     export PKG_CONFIG_SYSROOT_DIR=$D
     export LD_LIBRARY_PATH=$ARCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    [ -x "$D/usr/bin/pkgconf" ] && CMAKE_EXTRA+=("-DPKG_CONFIG_EXECUTABLE=$D/usr/bin/pkgconf")
+    # pkg-config: the carried pkgconf (needs glibc 2.34), else the machine's, else a Python
+    # stand-in that reads the carried .pc files (CINDER_GPU_PKGCONFIG=shim forces it)
+    if [ "${CINDER_GPU_PKGCONFIG:-}" != shim ] && "$D/usr/bin/pkgconf" --version > /dev/null 2>&1; then
+        CMAKE_EXTRA+=("-DPKG_CONFIG_EXECUTABLE=$D/usr/bin/pkgconf")
+    elif [ "${CINDER_GPU_PKGCONFIG:-}" != shim ] && pkg-config --version > /dev/null 2>&1; then
+        log "the carried pkgconf does not run here: using the machine's pkg-config"
+    else
+        log "using tests/gpu/pkg-config.py as pkg-config"
+        CMAKE_EXTRA+=("-DPKG_CONFIG_EXECUTABLE=$ROOT/tests/gpu/pkg-config.py")
+    fi
     log "unpacked $(ls .gpu-debs/*.deb | wc -l) .deb files into $D"
 else
     log "no .gpu-debs/ (tests/gpu/fetch-debs.sh): using the system's cJSON, PCRE2, pkg-config"
