@@ -124,9 +124,9 @@ static double bench_gemm(void) {
     double t[10];
     for (int i = 0; i < 13; i++) {
         CK(cudaEventRecord(e0, 0));
-        cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a,
-                                         CUDA_R_16BF, n, b, CUDA_R_16BF, n, &zero, c, CUDA_R_16BF,
-                                         n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF,
+                                         n, b, CUDA_R_16BF, n, &zero, c, CUDA_R_16BF, n,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) {
             fprintf(stderr, "cublasGemmEx failed: %d\n", (int)st);
             exit(1);
@@ -178,7 +178,8 @@ static void *pool_make(kernel_ops *k, size_t elems) {
     }
     size_t piece = (size_t)32 << 20;
     uint16_t *h = malloc(piece * 2);
-    for (size_t i = 0; i < piece; i++) h[i] = (uint16_t)(0x3c00 | (rnd() & 0x3ff) | (rnd() & 0x8000));
+    for (size_t i = 0; i < piece; i++)
+        h[i] = (uint16_t)(0x3c00 | (rnd() & 0x3ff) | (rnd() & 0x8000));
     for (size_t off = 0; off < elems; off += piece)
         kernel_upload(k, d + off, h, (elems - off < piece ? elems - off : piece) * 2);
     kernel_sync(k);
@@ -209,8 +210,8 @@ static void bench_attention(kernel_ops *k, int n_seqs, int n_q, int n_ctx, doubl
     kernel_attn_seq *seqs = malloc((size_t)n_seqs * sizeof *seqs);
     for (int i = 0; i < n_seqs; i++)
         seqs[i] = (kernel_attn_seq){i * n_q, n_q, n_ctx, dbt + (size_t)i * nb};
-    attn_job j = {k, dout, dq, {kp, vp, n_blocks, bs, nkv, hd, DTYPE_BF16}, seqs, n_seqs, nh,
-                  1.0f / sqrtf((float)hd)};
+    attn_job j = {k,    dout,   dq, {kp, vp, n_blocks, bs, nkv, hd, DTYPE_BF16},
+                  seqs, n_seqs, nh, 1.0f / sqrtf((float)hd)};
     char note[96];
     if (n_q == 1) {
         double ms = median_ms(attn_run, &j, k, 3, 20);
@@ -279,7 +280,8 @@ static void bench_engine(const char *label, const char *path, double copy_gbs) {
         return;
     }
     int V = m->config.vocab_size;
-    int32_t *tok = malloc((size_t)B * ctx0 * sizeof *tok), *bt = malloc((size_t)B * nb * sizeof *bt);
+    int32_t *tok = malloc((size_t)B * ctx0 * sizeof *tok),
+            *bt = malloc((size_t)B * nb * sizeof *bt);
     for (int i = 0; i < B * ctx0; i++) tok[i] = (int32_t)(rnd() % (uint32_t)V);
     for (int i = 0; i < B * nb; i++) bt[i] = i;
     engine_seq *seqs = malloc((size_t)B * sizeof *seqs);
@@ -297,8 +299,8 @@ static void bench_engine(const char *label, const char *path, double copy_gbs) {
         snprintf(name, sizeof name, "decode %s b%d", label, n);
         if (n == 1) {
             double bound = copy_gbs * 1e9 / bytes;
-            snprintf(note, sizeof note, "of bound %.0f tok/s (%.2f GB weights; target 0.70)",
-                     bound, bytes / 1e9);
+            snprintf(note, sizeof note, "of bound %.0f tok/s (%.2f GB weights; target 0.70)", bound,
+                     bytes / 1e9);
             report(name, tps, "tok/s", tps / bound, note);
         } else {
             report(name, tps, "tok/s", -1, "");

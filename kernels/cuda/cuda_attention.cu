@@ -17,8 +17,7 @@
 #include "cuda_common.cuh"
 #include "cuda_kernels.h"
 
-template <bool BF16>
-__device__ __forceinline__ float kv_at(const void *p, size_t i) {
+template <bool BF16> __device__ __forceinline__ float kv_at(const void *p, size_t i) {
     if (BF16) return cu_bf16(((const uint16_t *)p)[i]);
     return ((const float *)p)[i];
 }
@@ -30,8 +29,7 @@ __device__ __forceinline__ float kv_at(const void *p, size_t i) {
 /* K and V of key position j, KV head h: this lane's EPL values of each. */
 template <int EPL, bool BF16>
 __device__ __forceinline__ void dec_load(const cuda_kv_view &kv, const int32_t *block_table,
-                                         int32_t j, int h, int lane, float kr[EPL],
-                                         float vr[EPL]) {
+                                         int32_t j, int h, int lane, float kr[EPL], float vr[EPL]) {
     const int hd = kv.head_dim, bs = kv.block_size;
     int32_t blk = block_table[j / bs];
     size_t base = (((size_t)blk * kv.n_kv_heads + h) * bs + j % bs) * hd;
@@ -44,10 +42,14 @@ __device__ __forceinline__ void dec_load(const cuda_kv_view &kv, const int32_t *
             if (BF16) {
                 uint2 uk = *(const uint2 *)((const uint16_t *)kv.k + a);
                 uint2 uv = *(const uint2 *)((const uint16_t *)kv.v + a);
-                kr[e] = __uint_as_float(uk.x << 16), kr[e + 1] = __uint_as_float(uk.x & 0xffff0000u);
-                kr[e + 2] = __uint_as_float(uk.y << 16), kr[e + 3] = __uint_as_float(uk.y & 0xffff0000u);
-                vr[e] = __uint_as_float(uv.x << 16), vr[e + 1] = __uint_as_float(uv.x & 0xffff0000u);
-                vr[e + 2] = __uint_as_float(uv.y << 16), vr[e + 3] = __uint_as_float(uv.y & 0xffff0000u);
+                kr[e] = __uint_as_float(uk.x << 16),
+                kr[e + 1] = __uint_as_float(uk.x & 0xffff0000u);
+                kr[e + 2] = __uint_as_float(uk.y << 16),
+                       kr[e + 3] = __uint_as_float(uk.y & 0xffff0000u);
+                vr[e] = __uint_as_float(uv.x << 16),
+                vr[e + 1] = __uint_as_float(uv.x & 0xffff0000u);
+                vr[e + 2] = __uint_as_float(uv.y << 16),
+                       vr[e + 3] = __uint_as_float(uv.y & 0xffff0000u);
             } else {
                 float4 fk = *(const float4 *)((const float *)kv.k + a);
                 float4 fv = *(const float4 *)((const float *)kv.v + a);
@@ -68,8 +70,8 @@ __device__ __forceinline__ void dec_load(const cuda_kv_view &kv, const int32_t *
 /* One key into the running state of the g query heads (online softmax). */
 template <int EPL, int G>
 __device__ __forceinline__ void dec_update(const float (&qv)[G][EPL], float (&acc)[G][EPL],
-                                           float (&m)[G], float (&l)[G], int g,
-                                           const float kr[EPL], const float vr[EPL]) {
+                                           float (&m)[G], float (&l)[G], int g, const float kr[EPL],
+                                           const float vr[EPL]) {
 #pragma unroll
     for (int gi = 0; gi < G; gi++) {
         if (gi >= g) break;
@@ -89,9 +91,9 @@ __device__ __forceinline__ void dec_update(const float (&qv)[G][EPL], float (&ac
 /* EPL: head dims per lane (head_dim <= 32 * EPL); G: most query heads per KV head. */
 template <int EPL, int G, bool BF16>
 __global__ void __launch_bounds__(32 * DEC_WARPS)
-k_attn_decode(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
-              const cuda_attn_seq *__restrict__ seqs, int n_heads, float scale, int window,
-              int chunk, int n_splits, float *__restrict__ part) {
+    k_attn_decode(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
+                  const cuda_attn_seq *__restrict__ seqs, int n_heads, float scale, int window,
+                  int chunk, int n_splits, float *__restrict__ part) {
     extern __shared__ float smem[]; /* [DEC_WARPS][g][hd] acc, [DEC_WARPS][g] m, l */
     const int h = blockIdx.x, si = blockIdx.y, sp = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -203,8 +205,8 @@ cuda_decode_plan cuda_decode_plan_make(int n_seqs, int n_kv_heads, int n_heads, 
 
 template <int EPL, int G>
 static cudaError_t decode_g(float *out, const float *q, cuda_kv_view kv, const cuda_attn_seq *seqs,
-                            int n_seqs, int n_heads, float scale, int window,
-                            cuda_decode_plan plan, float *part, cudaStream_t s) {
+                            int n_seqs, int n_heads, float scale, int window, cuda_decode_plan plan,
+                            float *part, cudaStream_t s) {
     int g = n_heads / kv.n_kv_heads;
     size_t smem = ((size_t)DEC_WARPS * g * kv.head_dim + 2 * DEC_WARPS * g) * sizeof(float);
     if (smem > 48 * 1024) return cudaErrorInvalidValue;
@@ -231,23 +233,24 @@ static cudaError_t decode_epl(float *out, const float *q, cuda_kv_view kv,
 #define DEC_G(GG)                                                                                  \
     if (g <= GG)                                                                                   \
         return decode_g<EPL, GG>(out, q, kv, seqs, n_seqs, n_heads, scale, window, plan, part, s);
-    DEC_G(1) DEC_G(2) DEC_G(4) DEC_G(8) DEC_G(16)
+    DEC_G(1)
+    DEC_G(2) DEC_G(4) DEC_G(8) DEC_G(16)
 #undef DEC_G
-    return cudaErrorInvalidValue;
+        return cudaErrorInvalidValue;
 }
 
 cudaError_t cuda_attention_decode(float *out, const float *q, cuda_kv_view kv,
-                                  const cuda_attn_seq *seqs, int n_seqs, int n_heads,
-                                  float scale, int window, cuda_decode_plan plan, float *part,
-                                  cudaStream_t s) {
+                                  const cuda_attn_seq *seqs, int n_seqs, int n_heads, float scale,
+                                  int window, cuda_decode_plan plan, float *part, cudaStream_t s) {
     if (n_seqs <= 0) return cudaSuccess;
     int hd = kv.head_dim;
 #define DEC_EPL(E)                                                                                 \
     if (hd <= 32 * E)                                                                              \
         return decode_epl<E>(out, q, kv, seqs, n_seqs, n_heads, scale, window, plan, part, s);
-    DEC_EPL(1) DEC_EPL(2) DEC_EPL(4) DEC_EPL(8)
+    DEC_EPL(1)
+    DEC_EPL(2) DEC_EPL(4) DEC_EPL(8)
 #undef DEC_EPL
-    return cudaErrorInvalidValue;
+        return cudaErrorInvalidValue;
 }
 
 /* ---- prefill ---- */
@@ -257,17 +260,19 @@ cudaError_t cuda_attention_decode(float *out, const float *q, cuda_kv_view kv,
 /* DPT: head dims per thread (head_dim <= 4 * DPT); BK: keys per shared-memory tile. */
 template <int DPT, int BK, bool BF16>
 __global__ void __launch_bounds__(PF_THREADS)
-k_attn_prefill(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
-               const cuda_attn_seq *__restrict__ seqs, int n_seqs, int n_heads, float scale,
-               int window) {
+    k_attn_prefill(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
+                   const cuda_attn_seq *__restrict__ seqs, int n_seqs, int n_heads, float scale,
+                   int window) {
     __shared__ float ks[BK][4 * DPT], vs[BK][4 * DPT];
     const int item = blockIdx.x;
     /* the sequence: the last whose first item is <= item */
     int lo = 0, hi = n_seqs - 1;
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (seqs[mid].item_start <= item) lo = mid;
-        else hi = mid - 1;
+        if (seqs[mid].item_start <= item)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     const cuda_attn_seq s = seqs[lo];
     const int hd = kv.head_dim, bs = kv.block_size, nkv = kv.n_kv_heads, g = n_heads / nkv;
@@ -368,16 +373,21 @@ static cudaError_t prefill_dpt(float *out, const float *q, cuda_kv_view kv,
 }
 
 cudaError_t cuda_attention_prefill(float *out, const float *q, cuda_kv_view kv,
-                                   const cuda_attn_seq *seqs, int n_seqs, int n_items,
-                                   int n_heads, float scale, int window, cudaStream_t s) {
+                                   const cuda_attn_seq *seqs, int n_seqs, int n_items, int n_heads,
+                                   float scale, int window, cudaStream_t s) {
     if (n_seqs <= 0 || n_items <= 0) return cudaSuccess;
     int hd = kv.head_dim, g = n_heads / kv.n_kv_heads;
     if (g > CUDA_ATTN_ROWS) return cudaErrorInvalidValue;
-    if (hd <= 16) return prefill_dpt<4, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
-    if (hd <= 32) return prefill_dpt<8, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
-    if (hd <= 64) return prefill_dpt<16, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
-    if (hd <= 128) return prefill_dpt<32, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
-    if (hd <= 256) return prefill_dpt<64, 16>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
+    if (hd <= 16)
+        return prefill_dpt<4, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
+    if (hd <= 32)
+        return prefill_dpt<8, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
+    if (hd <= 64)
+        return prefill_dpt<16, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
+    if (hd <= 128)
+        return prefill_dpt<32, 32>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
+    if (hd <= 256)
+        return prefill_dpt<64, 16>(out, q, kv, seqs, n_seqs, n_items, n_heads, scale, window, s);
     return cudaErrorInvalidValue;
 }
 
@@ -416,10 +426,10 @@ __device__ __forceinline__ void tc_mma(float c[4], uint32_t a0, uint32_t a1, uin
 
 template <int HD>
 __global__ void __launch_bounds__(128)
-k_attn_prefill_tc(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
-                  const cuda_attn_seq *__restrict__ seqs, int n_seqs, int n_heads, float scale,
-                  int window) {
-    constexpr int LD = HD + 8; /* smem row stride in bf16 (16-byte aligned, fewer conflicts) */
+    k_attn_prefill_tc(float *__restrict__ out, const float *__restrict__ q, cuda_kv_view kv,
+                      const cuda_attn_seq *__restrict__ seqs, int n_seqs, int n_heads, float scale,
+                      int window) {
+    constexpr int LD = HD + 8;  /* smem row stride in bf16 (16-byte aligned, fewer conflicts) */
     constexpr int KS = HD / 16; /* k-steps of Q K^T */
     constexpr int NT = HD / 8;  /* n-tiles of O */
     __shared__ __align__(16) uint16_t ks[TC_BN * LD], vs[TC_BN * LD];
@@ -427,8 +437,10 @@ k_attn_prefill_tc(float *__restrict__ out, const float *__restrict__ q, cuda_kv_
     int lo = 0, hi = n_seqs - 1;
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (seqs[mid].item_start <= item) lo = mid;
-        else hi = mid - 1;
+        if (seqs[mid].item_start <= item)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     const cuda_attn_seq s = seqs[lo];
     const int bs = kv.block_size, nkv = kv.n_kv_heads, g_heads = n_heads / nkv;
@@ -534,8 +546,9 @@ k_attn_prefill_tc(float *__restrict__ out, const float *__restrict__ q, cuda_kv_
         l_lo = l_lo * c_lo + sum_lo; /* this lane's part of the row sum; summed at the end */
         l_hi = l_hi * c_hi + sum_hi;
 #pragma unroll
-        for (int n = 0; n < NT; n++) o[n][0] *= c_lo, o[n][1] *= c_lo, o[n][2] *= c_hi, o[n][3] *= c_hi;
-        /* O += P V: 4 k-steps of 16 keys; P's A fragments come from two S n-tiles */
+        for (int n = 0; n < NT; n++)
+            o[n][0] *= c_lo, o[n][1] *= c_lo, o[n][2] *= c_hi, o[n][3] *= c_hi;
+            /* O += P V: 4 k-steps of 16 keys; P's A fragments come from two S n-tiles */
 #pragma unroll
         for (int ks16 = 0; ks16 < TC_BN / 16; ks16++) {
             uint32_t a0 = tc_pack(sc[2 * ks16][0], sc[2 * ks16][1]);
@@ -577,10 +590,10 @@ cudaError_t cuda_attention_prefill_tc(float *out, const float *q, cuda_kv_view k
     if (n_seqs <= 0 || n_items <= 0) return cudaSuccess;
     if (!cuda_attention_prefill_tc_fits(kv.type, kv.head_dim)) return cudaErrorInvalidValue;
     if (kv.head_dim == 64)
-        k_attn_prefill_tc<64><<<(unsigned)n_items, 128, 0, s>>>(out, q, kv, seqs, n_seqs, n_heads,
-                                                               scale, window);
+        k_attn_prefill_tc<64>
+            <<<(unsigned)n_items, 128, 0, s>>>(out, q, kv, seqs, n_seqs, n_heads, scale, window);
     else
-        k_attn_prefill_tc<128><<<(unsigned)n_items, 128, 0, s>>>(out, q, kv, seqs, n_seqs,
-                                                                n_heads, scale, window);
+        k_attn_prefill_tc<128>
+            <<<(unsigned)n_items, 128, 0, s>>>(out, q, kv, seqs, n_seqs, n_heads, scale, window);
     return cudaGetLastError();
 }

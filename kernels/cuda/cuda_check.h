@@ -47,15 +47,14 @@ const char *cuda_cublas_status_name(cublasStatus_t s);
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 
 /* Setup code: returns a status instead of aborting. */
-#define CUDA_TRY(call, err)                                                                        \
-    cuda_try_((call), #call, __FILE__, __LINE__, (err))
+#define CUDA_TRY(call, err) cuda_try_((call), #call, __FILE__, __LINE__, (err))
 
 static inline cinder_status cuda_try_(cudaError_t e, const char *call, const char *file, int line,
                                       cinder_error *err) {
     if (e == cudaSuccess) return CINDER_OK;
-    return cinder_error_set(err, e == cudaErrorMemoryAllocation ? CINDER_ERR_NOMEM
-                                                                : CINDER_ERR_UNSUPPORTED,
-                            "%s failed at %s:%d: %s", call, file, line, cudaGetErrorString(e));
+    return cinder_error_set(
+        err, e == cudaErrorMemoryAllocation ? CINDER_ERR_NOMEM : CINDER_ERR_UNSUPPORTED,
+        "%s failed at %s:%d: %s", call, file, line, cudaGetErrorString(e));
 }
 
 #endif

@@ -25,9 +25,12 @@ __device__ __forceinline__ uint16_t cu_u16(const uint8_t *p) {
 /* Element c of a row of type t (any dtype). */
 __device__ __forceinline__ float cu_load(dtype t, const uint8_t *row, int64_t c) {
     switch (t) {
-        case DTYPE_F32: return ((const float *)row)[c];
-        case DTYPE_F16: return cu_f16(((const uint16_t *)row)[c]);
-        case DTYPE_BF16: return cu_bf16(((const uint16_t *)row)[c]);
+        case DTYPE_F32:
+            return ((const float *)row)[c];
+        case DTYPE_F16:
+            return cu_f16(((const uint16_t *)row)[c]);
+        case DTYPE_BF16:
+            return cu_bf16(((const uint16_t *)row)[c]);
         case DTYPE_Q8_0: {
             const uint8_t *b = row + (c / QK) * 34;
             return cu_f16(cu_u16(b)) * (float)(int8_t)b[2 + c % QK];
@@ -44,7 +47,8 @@ __device__ __forceinline__ float cu_load(dtype t, const uint8_t *row, int64_t c)
             int q = i < 16 ? (b[4 + i] & 15) : (b[4 + i - 16] >> 4);
             return cu_f16(cu_u16(b)) * (float)q + cu_f16(cu_u16(b + 2));
         }
-        default: return 0.0f;
+        default:
+            return 0.0f;
     }
 }
 

@@ -68,8 +68,8 @@ __global__ void k_rope(float *x, const int32_t *pos, int n, int n_heads, int hea
     }
 }
 
-cudaError_t cuda_rope(float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                      int rope_dim, rope_layout layout, const float *inv_freq, cudaStream_t s) {
+cudaError_t cuda_rope(float *x, const int32_t *pos, int n, int n_heads, int head_dim, int rope_dim,
+                      rope_layout layout, const float *inv_freq, cudaStream_t s) {
     int64_t total = (int64_t)n * n_heads * (rope_dim / 2);
     if (total <= 0) return cudaSuccess;
     k_rope<<<cu_blocks(total, 256), 256, 0, s>>>(x, pos, n, n_heads, head_dim, rope_dim / 2,
@@ -206,14 +206,13 @@ __global__ void k_kv_write(void *kpool, void *vpool, int bf16, int block_size, i
     }
 }
 
-cudaError_t cuda_kv_write(void *kpool, void *vpool, dtype kv_type, int32_t n_blocks,
-                          int block_size, int n_kv_heads, int head_dim, const float *k,
-                          const float *v, const int32_t *slots, int n, cudaStream_t s) {
+cudaError_t cuda_kv_write(void *kpool, void *vpool, dtype kv_type, int32_t n_blocks, int block_size,
+                          int n_kv_heads, int head_dim, const float *k, const float *v,
+                          const int32_t *slots, int n, cudaStream_t s) {
     if (n <= 0) return cudaSuccess;
     dim3 grid((unsigned)n, (unsigned)n_kv_heads);
-    k_kv_write<<<grid, head_dim >= 128 ? 128 : 64, 0, s>>>(kpool, vpool, kv_type == DTYPE_BF16,
-                                                          block_size, n_kv_heads, head_dim, k, v,
-                                                          slots);
+    k_kv_write<<<grid, head_dim >= 128 ? 128 : 64, 0, s>>>(
+        kpool, vpool, kv_type == DTYPE_BF16, block_size, n_kv_heads, head_dim, k, v, slots);
     return cudaGetLastError();
 }
 
@@ -243,7 +242,7 @@ __global__ void k_split_act(uint16_t *out, const float *x, int64_t count, int bf
 cudaError_t cuda_split_act(void *out, const float *x, int64_t count, dtype type, bool with_lo,
                            cudaStream_t s) {
     if (count <= 0) return cudaSuccess;
-    k_split_act<<<cu_blocks(count, 256), 256, 0, s>>>((uint16_t *)out, x, count,
-                                                      type == DTYPE_BF16, with_lo);
+    k_split_act<<<cu_blocks(count, 256), 256, 0, s>>>((uint16_t *)out, x, count, type == DTYPE_BF16,
+                                                      with_lo);
     return cudaGetLastError();
 }

@@ -113,23 +113,39 @@ __global__ void k_gemv_quant(float *__restrict__ out, const float *__restrict__ 
 }
 
 template <dtype T>
-static cudaError_t gemv_type(float *out, const float *x, const void *w, int64_t rows,
-                             int64_t cols, size_t row_bytes, int n, cudaStream_t s) {
+static cudaError_t gemv_type(float *out, const float *x, const void *w, int64_t rows, int64_t cols,
+                             size_t row_bytes, int n, cudaStream_t s) {
     unsigned grid = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const uint8_t *wb = (const uint8_t *)w;
     bool xa = ((uintptr_t)x & 15) == 0;
     if (T == DTYPE_Q8_0 || T == DTYPE_Q4_0 || T == DTYPE_Q4_1) {
         int vec = xa && cols % 4 == 0;
-        if (n == 1) k_gemv_quant<T, 1><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
-        else if (n == 2) k_gemv_quant<T, 2><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
-        else if (n <= 4) k_gemv_quant<T, 4><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
-        else k_gemv_quant<T, 8><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        if (n == 1)
+            k_gemv_quant<T, 1>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        else if (n == 2)
+            k_gemv_quant<T, 2>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        else if (n <= 4)
+            k_gemv_quant<T, 4>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        else
+            k_gemv_quant<T, 8>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
     } else {
         int vec = xa && cols % 8 == 0 && ((uintptr_t)w & 15) == 0 && row_bytes % 16 == 0;
-        if (n == 1) k_gemv_dense<T, 1><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
-        else if (n == 2) k_gemv_dense<T, 2><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
-        else if (n <= 4) k_gemv_dense<T, 4><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
-        else k_gemv_dense<T, 8><<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        if (n == 1)
+            k_gemv_dense<T, 1>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        else if (n == 2)
+            k_gemv_dense<T, 2>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        else if (n <= 4)
+            k_gemv_dense<T, 4>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
+        else
+            k_gemv_dense<T, 8>
+                <<<grid, 32 * GEMV_WARPS, 0, s>>>(out, x, wb, rows, cols, row_bytes, n, vec);
     }
     return cudaGetLastError();
 }
@@ -139,13 +155,20 @@ cudaError_t cuda_gemv(float *out, const float *x, const void *w, dtype type, int
     if (n <= 0 || rows <= 0) return cudaSuccess;
     if (n > CUDA_GEMV_MAX_TOKENS) return cudaErrorInvalidValue;
     switch (type) {
-        case DTYPE_F32: return gemv_type<DTYPE_F32>(out, x, w, rows, cols, row_bytes, n, s);
-        case DTYPE_F16: return gemv_type<DTYPE_F16>(out, x, w, rows, cols, row_bytes, n, s);
-        case DTYPE_BF16: return gemv_type<DTYPE_BF16>(out, x, w, rows, cols, row_bytes, n, s);
-        case DTYPE_Q8_0: return gemv_type<DTYPE_Q8_0>(out, x, w, rows, cols, row_bytes, n, s);
-        case DTYPE_Q4_0: return gemv_type<DTYPE_Q4_0>(out, x, w, rows, cols, row_bytes, n, s);
-        case DTYPE_Q4_1: return gemv_type<DTYPE_Q4_1>(out, x, w, rows, cols, row_bytes, n, s);
-        default: return cudaErrorInvalidValue;
+        case DTYPE_F32:
+            return gemv_type<DTYPE_F32>(out, x, w, rows, cols, row_bytes, n, s);
+        case DTYPE_F16:
+            return gemv_type<DTYPE_F16>(out, x, w, rows, cols, row_bytes, n, s);
+        case DTYPE_BF16:
+            return gemv_type<DTYPE_BF16>(out, x, w, rows, cols, row_bytes, n, s);
+        case DTYPE_Q8_0:
+            return gemv_type<DTYPE_Q8_0>(out, x, w, rows, cols, row_bytes, n, s);
+        case DTYPE_Q4_0:
+            return gemv_type<DTYPE_Q4_0>(out, x, w, rows, cols, row_bytes, n, s);
+        case DTYPE_Q4_1:
+            return gemv_type<DTYPE_Q4_1>(out, x, w, rows, cols, row_bytes, n, s);
+        default:
+            return cudaErrorInvalidValue;
     }
 }
 
@@ -158,8 +181,9 @@ cudaError_t cuda_gemv(float *out, const float *x, const void *w, dtype type, int
 
 template <dtype T>
 __global__ void __launch_bounds__(256)
-k_gemm_quant(float *__restrict__ out, const float *__restrict__ x, const uint8_t *__restrict__ w,
-             int64_t rows, int64_t cols, size_t row_bytes, int n) {
+    k_gemm_quant(float *__restrict__ out, const float *__restrict__ x,
+                 const uint8_t *__restrict__ w, int64_t rows, int64_t cols, size_t row_bytes,
+                 int n) {
     __shared__ float ws[QG_TM][QK + 1], xs[QG_TN][QK + 1];
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
     const int64_t row0 = (int64_t)blockIdx.x * QG_TM;
@@ -227,10 +251,17 @@ cudaError_t cuda_gemm_quant(float *out, const float *x, const void *w, dtype typ
     dim3 grid((unsigned)((rows + QG_TM - 1) / QG_TM), (unsigned)((n + QG_TN - 1) / QG_TN));
     const uint8_t *wb = (const uint8_t *)w;
     switch (type) {
-        case DTYPE_Q8_0: k_gemm_quant<DTYPE_Q8_0><<<grid, 256, 0, s>>>(out, x, wb, rows, cols, row_bytes, n); break;
-        case DTYPE_Q4_0: k_gemm_quant<DTYPE_Q4_0><<<grid, 256, 0, s>>>(out, x, wb, rows, cols, row_bytes, n); break;
-        case DTYPE_Q4_1: k_gemm_quant<DTYPE_Q4_1><<<grid, 256, 0, s>>>(out, x, wb, rows, cols, row_bytes, n); break;
-        default: return cudaErrorInvalidValue;
+        case DTYPE_Q8_0:
+            k_gemm_quant<DTYPE_Q8_0><<<grid, 256, 0, s>>>(out, x, wb, rows, cols, row_bytes, n);
+            break;
+        case DTYPE_Q4_0:
+            k_gemm_quant<DTYPE_Q4_0><<<grid, 256, 0, s>>>(out, x, wb, rows, cols, row_bytes, n);
+            break;
+        case DTYPE_Q4_1:
+            k_gemm_quant<DTYPE_Q4_1><<<grid, 256, 0, s>>>(out, x, wb, rows, cols, row_bytes, n);
+            break;
+        default:
+            return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
 }

@@ -20,17 +20,17 @@ cudaError_t cuda_embed(float *out, const void *table, dtype type, int64_t cols, 
                        const int32_t *ids, int n, cudaStream_t s);
 cudaError_t cuda_rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps,
                          cudaStream_t s);
-cudaError_t cuda_rope(float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                      int rope_dim, rope_layout layout, const float *inv_freq, cudaStream_t s);
+cudaError_t cuda_rope(float *x, const int32_t *pos, int n, int n_heads, int head_dim, int rope_dim,
+                      rope_layout layout, const float *inv_freq, cudaStream_t s);
 cudaError_t cuda_swiglu(float *out, const float *gate, const float *up, int64_t count,
                         cudaStream_t s);
 cudaError_t cuda_add(float *out, const float *a, const float *b, int64_t count, cudaStream_t s);
 cudaError_t cuda_softmax(float *x, int n, int d, cudaStream_t s);
 cudaError_t cuda_argmax(int32_t *out, const float *x, int n, int d, cudaStream_t s);
 /* k, v [n, n_kv_heads, head_dim] F32 into pools of kv_type (F32 or BF16). */
-cudaError_t cuda_kv_write(void *kpool, void *vpool, dtype kv_type, int32_t n_blocks,
-                          int block_size, int n_kv_heads, int head_dim, const float *k,
-                          const float *v, const int32_t *slots, int n, cudaStream_t s);
+cudaError_t cuda_kv_write(void *kpool, void *vpool, dtype kv_type, int32_t n_blocks, int block_size,
+                          int n_kv_heads, int head_dim, const float *k, const float *v,
+                          const int32_t *slots, int n, cudaStream_t s);
 /* out[i] = hi(x[i]) and out[count + i] = lo(x[i]) = x - hi in the type (F16 or BF16);
  * with_lo false: only hi. */
 cudaError_t cuda_split_act(void *out, const float *x, int64_t count, dtype type, bool with_lo,
@@ -71,8 +71,8 @@ static inline int cuda_attn_q_tile(int g) {
  * n_kv_heads * ceil(n_q / q_tile)). out, q [tokens, n_heads, head_dim]. head_dim <= 256,
  * n_heads / n_kv_heads <= CUDA_ATTN_ROWS. */
 cudaError_t cuda_attention_prefill(float *out, const float *q, cuda_kv_view kv,
-                                   const cuda_attn_seq *seqs, int n_seqs, int n_items,
-                                   int n_heads, float scale, int window, cudaStream_t s);
+                                   const cuda_attn_seq *seqs, int n_seqs, int n_items, int n_heads,
+                                   float scale, int window, cudaStream_t s);
 /* The same on tensor cores (BF16 in, FP32 accumulation; Q and P rounded to BF16) for BF16
  * pools of head dim 64 or 128 (cuda_attention_prefill_tc_fits); work items are (sequence,
  * query head, tile of CUDA_ATTN_TC_ROWS queries). */
@@ -91,8 +91,7 @@ cuda_decode_plan cuda_decode_plan_make(int n_seqs, int n_kv_heads, int n_heads, 
 /* Decode attention: one query per sequence (q row seqs[i].q_start). part: workspace of
  * n_seqs * n_heads * n_splits * (head_dim + 2) floats (unused with one split). */
 cudaError_t cuda_attention_decode(float *out, const float *q, cuda_kv_view kv,
-                                  const cuda_attn_seq *seqs, int n_seqs, int n_heads,
-                                  float scale, int window, cuda_decode_plan plan, float *part,
-                                  cudaStream_t s);
+                                  const cuda_attn_seq *seqs, int n_seqs, int n_heads, float scale,
+                                  int window, cuda_decode_plan plan, float *part, cudaStream_t s);
 
 #endif

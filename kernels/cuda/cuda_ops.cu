@@ -14,9 +14,9 @@ extern "C" {
 }
 
 /* Fixed workspaces, allocated once at creation. */
-#define CUDA_SPLIT_OUT_BYTES ((size_t)64 << 20)  /* F32 [2n, rows] outputs of split GEMMs */
-#define CUDA_ATTN_PART_BYTES ((size_t)32 << 20)  /* decode attention partials */
-#define CUDA_CUBLAS_WS_BYTES ((size_t)32 << 20)  /* cuBLAS workspace (graph capture safe) */
+#define CUDA_SPLIT_OUT_BYTES ((size_t)64 << 20) /* F32 [2n, rows] outputs of split GEMMs */
+#define CUDA_ATTN_PART_BYTES ((size_t)32 << 20) /* decode attention partials */
+#define CUDA_CUBLAS_WS_BYTES ((size_t)32 << 20) /* cuBLAS workspace (graph capture safe) */
 
 /* A captured graph and its key. */
 struct cuda_graph {
@@ -55,16 +55,26 @@ typedef struct cuda_ctx {
 
 const char *cuda_cublas_status_name(cublasStatus_t s) {
     switch (s) {
-        case CUBLAS_STATUS_SUCCESS: return "success";
-        case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialized";
-        case CUBLAS_STATUS_ALLOC_FAILED: return "allocation failed";
-        case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
-        case CUBLAS_STATUS_ARCH_MISMATCH: return "architecture mismatch";
-        case CUBLAS_STATUS_MAPPING_ERROR: return "mapping error";
-        case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
-        case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
-        case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
-        default: return "unknown cuBLAS status";
+        case CUBLAS_STATUS_SUCCESS:
+            return "success";
+        case CUBLAS_STATUS_NOT_INITIALIZED:
+            return "not initialized";
+        case CUBLAS_STATUS_ALLOC_FAILED:
+            return "allocation failed";
+        case CUBLAS_STATUS_INVALID_VALUE:
+            return "invalid value";
+        case CUBLAS_STATUS_ARCH_MISMATCH:
+            return "architecture mismatch";
+        case CUBLAS_STATUS_MAPPING_ERROR:
+            return "mapping error";
+        case CUBLAS_STATUS_EXECUTION_FAILED:
+            return "execution failed";
+        case CUBLAS_STATUS_INTERNAL_ERROR:
+            return "internal error";
+        case CUBLAS_STATUS_NOT_SUPPORTED:
+            return "not supported";
+        default:
+            return "unknown cuBLAS status";
     }
 }
 
@@ -130,8 +140,8 @@ static cinder_status cu_prepare_weight(void *ctx, kernel_weight *w, cinder_error
     void *d = cu_alloc(c, bytes, err);
     if (!d) return err ? err->status : CINDER_ERR_NOMEM;
     /* on the backend's stream, after the zeroing cu_alloc queued there */
-    cinder_status s = CUDA_TRY(
-        cudaMemcpyAsync(d, w->data, bytes, cudaMemcpyHostToDevice, c->stream), err);
+    cinder_status s =
+        CUDA_TRY(cudaMemcpyAsync(d, w->data, bytes, cudaMemcpyHostToDevice, c->stream), err);
     if (!s) s = CUDA_TRY(cudaStreamSynchronize(c->stream), err);
     if (s) {
         cudaFree(d);
@@ -225,8 +235,8 @@ static void cu_kv_write(void *ctx, const kernel_kv_layer *kv, const float *k, co
                         const int32_t *slots, int n) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     CN_ASSERT(kv->type == DTYPE_F32 || kv->type == DTYPE_BF16);
-    CUDA_CHECK(cuda_kv_write(kv->k, kv->v, kv->type, kv->n_blocks, kv->block_size,
-                             kv->n_kv_heads, kv->head_dim, k, v, slots, n, c->stream));
+    CUDA_CHECK(cuda_kv_write(kv->k, kv->v, kv->type, kv->n_blocks, kv->block_size, kv->n_kv_heads,
+                             kv->head_dim, k, v, slots, n, c->stream));
 }
 
 /* out [n, rows] = x [n, cols] . W^T, W dense F32/F16/BF16, through cuBLAS (column-major:
@@ -270,8 +280,8 @@ static void cu_matmul(void *ctx, float *out, const float *x, const kernel_weight
     CN_ASSERT(w->rows <= INT32_MAX && w->cols <= INT32_MAX);
     if (n == 0) return;
     if (n <= CUDA_GEMV_MAX_TOKENS) {
-        CUDA_CHECK(cuda_gemv(out, x, w->data, w->type, w->rows, w->cols, w->row_bytes, n,
-                             c->stream));
+        CUDA_CHECK(
+            cuda_gemv(out, x, w->data, w->type, w->rows, w->cols, w->row_bytes, n, c->stream));
     } else if (dtype_is_quantized(w->type)) {
         CUDA_CHECK(cuda_gemm_quant(out, x, w->data, w->type, w->rows, w->cols, w->row_bytes, n,
                                    c->stream));
@@ -312,7 +322,7 @@ static void cu_attn_descriptors(cuda_ctx *c, const kernel_attn_seq *seqs, int n_
     int n_dec = 0, n_pre = 0, max_ctx = 0, g = n_heads / kv->n_kv_heads;
     bool tc = cu_prefill_tc(c, kv);
     int q_tile = tc ? CUDA_ATTN_TC_ROWS : cuda_attn_q_tile(g), items = 0;
-    int per_tile = tc ? n_heads : kv->n_kv_heads; /* items per query tile */
+    int per_tile = tc ? n_heads : kv->n_kv_heads;   /* items per query tile */
     memset(plan, 0, (size_t)n_seqs * sizeof *plan); /* padding bytes too, for memcmp */
     for (int i = 0; i < n_seqs; i++)
         if (seqs[i].n_q == 1) {
@@ -336,8 +346,7 @@ static void cu_attn_descriptors(cuda_ctx *c, const kernel_attn_seq *seqs, int n_
         CN_ASSERT(!c->capturing);
         CUDA_CHECK(cudaEventSynchronize(c->seqs_uploaded)); /* the last upload has read it */
         memcpy(c->h_seqs, plan, bytes);
-        CUDA_CHECK(cudaMemcpyAsync(c->d_seqs, c->h_seqs, bytes, cudaMemcpyHostToDevice,
-                                   c->stream));
+        CUDA_CHECK(cudaMemcpyAsync(c->d_seqs, c->h_seqs, bytes, cudaMemcpyHostToDevice, c->stream));
         CUDA_CHECK(cudaEventRecord(c->seqs_uploaded, c->stream));
         c->seqs_bytes_last = bytes;
     }
@@ -363,15 +372,15 @@ static void cu_attention(void *ctx, float *out, const float *q, const kernel_kv_
     if (n_dec) {
         /* splits empty for a sequence shorter than the bound write nothing that counts */
         int bound = c->ctx_bound > max_ctx ? c->ctx_bound : max_ctx;
-        cuda_decode_plan dp = cuda_decode_plan_make(n_dec, kv->n_kv_heads, n_heads, kv->head_dim,
-                                                    bound, c->n_sms,
-                                                    CUDA_ATTN_PART_BYTES / sizeof(float));
-        CUDA_CHECK(cuda_attention_decode(out, q, view, c->d_seqs, n_dec, n_heads, scale, window,
-                                         dp, c->part, c->stream));
+        cuda_decode_plan dp =
+            cuda_decode_plan_make(n_dec, kv->n_kv_heads, n_heads, kv->head_dim, bound, c->n_sms,
+                                  CUDA_ATTN_PART_BYTES / sizeof(float));
+        CUDA_CHECK(cuda_attention_decode(out, q, view, c->d_seqs, n_dec, n_heads, scale, window, dp,
+                                         c->part, c->stream));
     }
     if (n_pre && cu_prefill_tc(c, kv))
-        CUDA_CHECK(cuda_attention_prefill_tc(out, q, view, c->d_seqs + n_dec, n_pre, items,
-                                             n_heads, scale, window, c->stream));
+        CUDA_CHECK(cuda_attention_prefill_tc(out, q, view, c->d_seqs + n_dec, n_pre, items, n_heads,
+                                             scale, window, c->stream));
     else if (n_pre)
         CUDA_CHECK(cuda_attention_prefill(out, q, view, c->d_seqs + n_dec, n_pre, items, n_heads,
                                           scale, window, c->stream));
@@ -465,10 +474,11 @@ extern "C" kernel_ops *kernel_cuda_create(const kernel_cuda_options *opts, cinde
         const char *env = getenv("CINDER_CUDA_GEMM");
         gemm = KERNEL_CUDA_GEMM_ACCURATE;
         if (env && *env) {
-            if (strcmp(env, "fast") == 0) gemm = KERNEL_CUDA_GEMM_FAST;
+            if (strcmp(env, "fast") == 0)
+                gemm = KERNEL_CUDA_GEMM_FAST;
             else if (strcmp(env, "accurate") != 0) {
-                cinder_error_set(err, CINDER_ERR_ARG, "CINDER_CUDA_GEMM=%s: expected accurate or fast",
-                                 env);
+                cinder_error_set(err, CINDER_ERR_ARG,
+                                 "CINDER_CUDA_GEMM=%s: expected accurate or fast", env);
                 return NULL;
             }
         }

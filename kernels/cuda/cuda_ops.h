@@ -37,10 +37,10 @@ typedef enum kernel_cuda_gemm {
 } kernel_cuda_gemm;
 
 typedef struct kernel_cuda_options {
-    int device;            /* CUDA device ordinal */
+    int device; /* CUDA device ordinal */
     kernel_cuda_gemm gemm;
-    bool simt_prefill;     /* flash prefill on BF16 pools with the FP32 SIMT kernel rather than
-                              tensor cores (also CINDER_CUDA_PREFILL=simt) */
+    bool simt_prefill; /* flash prefill on BF16 pools with the FP32 SIMT kernel rather than
+                          tensor cores (also CINDER_CUDA_PREFILL=simt) */
 } kernel_cuda_options;
 
 kernel_cuda_options kernel_cuda_options_default(void);

@@ -66,10 +66,14 @@ int main(int argc, char **argv) {
     dtype kvt = DTYPE_F32;
     int N = 128;
     for (int i = 2; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--max-rel")) max_rel = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--min-agree")) min_agree = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--kv")) kvt = strcmp(argv[i + 1], "bf16") ? DTYPE_F32 : DTYPE_BF16;
-        else if (!strcmp(argv[i], "--positions")) N = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--max-rel"))
+            max_rel = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--min-agree"))
+            min_agree = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kv"))
+            kvt = strcmp(argv[i + 1], "bf16") ? DTYPE_F32 : DTYPE_BF16;
+        else if (!strcmp(argv[i], "--positions"))
+            N = atoi(argv[i + 1]);
     }
     cinder_error err;
     model *m = model_open(path, &err);

@@ -73,7 +73,7 @@ static double rel_err(const float *got, const float *want, size_t n) {
         test_checks++;                                                                             \
         if (!(e_ <= (tol))) {                                                                      \
             test_failures++;                                                                       \
-            fprintf(stderr, "%s:%d: error %.3g > %.3g: ", __FILE__, __LINE__, e_, (double)(tol)); \
+            fprintf(stderr, "%s:%d: error %.3g > %.3g: ", __FILE__, __LINE__, e_, (double)(tol));  \
             fprintf(stderr, __VA_ARGS__);                                                          \
             fputc('\n', stderr);                                                                   \
         }                                                                                          \
@@ -119,7 +119,8 @@ static void test_embed(void) {
         kernel_embed(gpu, dout, &w.d, dids, n);
         float *got = dl(dout, n * cols);
         CHECK_CLOSE(got, want, (size_t)n * cols, 0, "embed %s", dtype_name((dtype)t));
-        free(got), free(want), free((void *)w.h.data), kernel_free(gpu, dout), kernel_free(gpu, dids);
+        free(got), free(want), free((void *)w.h.data), kernel_free(gpu, dout),
+            kernel_free(gpu, dids);
     }
 }
 
@@ -165,7 +166,7 @@ static void test_rmsnorm_elementwise(void) {
         int n = 5, d = widths[k];
         size_t cc = (size_t)n * d;
         rfill(a, cc, 10);
-        a[3] = a[7] = 100.0f; /* a tie in row 0: the first wins */
+        a[3] = a[7] = 100.0f;   /* a tie in row 0: the first wins */
         a[(size_t)d + 2] = NAN; /* NaN never wins */
         int32_t wi[5], gi[5];
         kernel_argmax(cpu, wi, a, n, d);
