@@ -114,6 +114,12 @@ static int gen_run(const gen_args *a) {
     }
 
     engine_options o = engine_options_default();
+    if (!engine_backend_parse(a->device, &o.backend)) {
+        fprintf(stderr, "cinder: --device is cpu or cuda, not '%s'\n", a->device);
+        rc = 2;
+        goto out;
+    }
+    o.device = (int)a->gpu;
     o.n_threads = (int)a->threads;
     o.block_size = (int)a->block_size;
     o.f32_weights = a->f32;
@@ -214,9 +220,9 @@ static int gen_run(const gen_args *a) {
     double t2 = now_s();
     fprintf(stderr,
             "cinder: prompt %zu tokens in %.2f s (%.1f tokens/s); generated %lld tokens in %.2f s "
-            "(%.1f tokens/s); stopped by %s; %s, seed %llu\n",
+            "(%.1f tokens/s); stopped by %s; %s, %s, seed %llu\n",
             n_prompt, t1 - t0, n_prompt / (t1 - t0), (long long)n_gen, t2 - t1,
-            n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0.0, reason,
+            n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0.0, reason, engine_backend_ops(e)->name,
             a->f32 ? "F32 weights" : "file's weights", (unsigned long long)sp.seed);
     rc = 0;
 out:
@@ -265,6 +271,10 @@ int cmd_generate(int argc, char **argv) {
          "KV pool size in blocks (0: what the prompt and --max-tokens need; local only)", false},
         {"f32", CLI_FLAG, &a.f32, NULL, 0, 0, NULL,
          "dequantize the weights to F32 (reference precision, slower; local only)", false},
+        {"device", CLI_STR, &a.device, "cpu", 0, 0, "cpu|cuda",
+         "where the forward pass runs (cuda: builds with the CUDA backend; local only)", false},
+        {"gpu", CLI_INT, &a.gpu, "0", 0, 1024, "N",
+         "with --device cuda: the CUDA device (local only)", false},
     };
     cinder_error err = {0};
     const char *pos[1];
@@ -291,6 +301,8 @@ int cmd_generate(int argc, char **argv) {
                                  : a.kv_blocks ? "--kv-blocks"
                                  : a.threads ? "--threads"
                                  : a.block_size != 16 ? "--block-size"
+                                 : strcmp(a.device, "cpu") != 0 ? "--device"
+                                 : a.gpu ? "--gpu"
                                                       : NULL;
         if (local_only) {
             fprintf(stderr, "cinder: %s applies to local generation, not with --server\nusage: %s\n",

@@ -17,9 +17,9 @@ int cmd_models(int argc, char **argv);
 /* `cinder generate`'s options: local generation (--model) or through a coordinator
  * (--server, cmd_remote.c). */
 typedef struct gen_args {
-    const char *model, *prompt, *system, *stop, *server;
+    const char *model, *prompt, *system, *stop, *server, *device;
     bool chat, f32, ignore_eos, no_stream_stats;
-    int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks, timeout_ms;
+    int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks, timeout_ms, gpu;
     double temperature, top_p, min_p, repeat_penalty;
 } gen_args;
 

@@ -1,7 +1,10 @@
-/* ops.c - the backend-independent helpers of the op interface: weight views, RoPE frequencies. */
+/* ops.c - the backend-independent helpers of the op interface: weight views, RoPE frequencies,
+ * the host-memory defaults of the memory hooks. */
 #include "ops.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 cinder_status kernel_weight_from_tensor(const model_tensor *t, kernel_weight *w,
                                         cinder_error *err) {
@@ -121,4 +124,49 @@ const char *kernel_act_name(kernel_act_precision act) {
         default:
             return "?";
     }
+}
+
+/* ---- memory hooks: host memory where a backend leaves them NULL ---- */
+
+void *kernel_alloc(kernel_ops *k, size_t bytes, cinder_error *err) {
+    if (k->alloc) return k->alloc(k->ctx, bytes, err);
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p) cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for %zu bytes", bytes);
+    return p;
+}
+
+void kernel_free(kernel_ops *k, void *p) {
+    if (!p) return;
+    if (k->free_mem) k->free_mem(k->ctx, p);
+    else free(p);
+}
+
+void kernel_upload(kernel_ops *k, void *dst, const void *src, size_t bytes) {
+    if (k->upload) k->upload(k->ctx, dst, src, bytes);
+    else if (bytes) memmove(dst, src, bytes);
+}
+
+void kernel_download(kernel_ops *k, void *dst, const void *src, size_t bytes) {
+    if (k->download) k->download(k->ctx, dst, src, bytes);
+    else if (bytes) memmove(dst, src, bytes);
+}
+
+void kernel_sync(kernel_ops *k) {
+    if (k->sync) k->sync(k->ctx);
+}
+
+cinder_status kernel_prepare_weight(kernel_ops *k, kernel_weight *w, cinder_error *err) {
+    return k->prepare_weight ? k->prepare_weight(k->ctx, w, err) : CINDER_OK;
+}
+
+cinder_status kernel_mem_info(kernel_ops *k, size_t *free_bytes, size_t *total_bytes,
+                              cinder_error *err) {
+    if (!k->mem_info)
+        return cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "%s cannot report its memory",
+                                k->name);
+    return k->mem_info(k->ctx, free_bytes, total_bytes, err);
+}
+
+bool kernel_supports_kv(kernel_ops *k, dtype type) {
+    return k->supports_kv ? k->supports_kv(k->ctx, type) : type == DTYPE_F32;
 }

@@ -1,9 +1,17 @@
 /* ops.h - the kernel op interface the executor calls for every op, whatever runs it.
  *
  * A backend is a struct of function pointers plus a context (like a ggml backend): the CPU one
- * comes from kernel_cpu_create() (kernels/cpu/), a CUDA one will follow. The executor calls
- * ops through the kernel_* wrappers at the bottom of this file and never knows which backend
- * it holds.
+ * comes from kernel_cpu_create() (kernels/cpu/), the CUDA one from kernel_cuda_create()
+ * (kernels/cuda/cuda_ops.h). The executor calls ops through the kernel_* wrappers at the
+ * bottom of this file and never knows which backend it holds.
+ *
+ * Memory: every pointer an op takes (activations, ids, positions, slots, block tables, the KV
+ * pool, weights' data) is *backend memory*: memory from kernel_alloc(), or a weight that
+ * kernel_prepare_weight() has placed. The executor moves data in and out with
+ * kernel_upload() / kernel_download() only. For the CPU backend backend memory is host memory
+ * (its memory hooks are left NULL and the wrappers below use malloc and memcpy); for CUDA it
+ * is device memory. The attention op's seqs array itself is host memory (the backend plans
+ * with it), but each seqs[i].block_table points into backend memory.
  *
  * Conventions shared by every op:
  *   - activations are F32 and token-major: a batch of n tokens of width d is [n, d], row after
@@ -68,12 +76,16 @@ cinder_status kernel_rope_inv_freq(float *inv_freq, int rope_dim, float theta,
                                    const kernel_rope_scaling *scaling, cinder_error *err);
 
 /* One layer's paged KV pool (worker/kv_cache.h owns the memory):
- *   k, v: [n_blocks, n_kv_heads, block_size, head_dim] F32
- * Position p of a sequence lives in block table[p / block_size], slot p % block_size. */
+ *   k, v: [n_blocks, n_kv_heads, block_size, head_dim] of type `type`
+ * Position p of a sequence lives in block table[p / block_size], slot p % block_size.
+ * type is DTYPE_F32 (0, what a zeroed struct says) everywhere; the CUDA backend also takes
+ * DTYPE_BF16 (k and v then point to uint16_t bf16 values despite their declared type), see
+ * kernel_supports_kv(). */
 typedef struct kernel_kv_layer {
     float *k, *v;
     int32_t n_blocks;
     int block_size, n_kv_heads, head_dim;
+    dtype type;
 } kernel_kv_layer;
 
 /* One sequence of an attention call. Its n_q queries are rows [q_start, q_start + n_q) of
@@ -184,6 +196,44 @@ struct kernel_ops {
 
     /* Frees the context and the struct. */
     void (*destroy)(kernel_ops *ops);
+
+    /* ---- memory hooks: all optional; NULL means host memory (malloc, memcpy, nothing to
+     * wait for), which is what the CPU backend uses. ---- */
+
+    /* bytes of zeroed backend memory (NULL and err filled when it runs out); freed by
+     * free_mem. */
+    void *(*alloc)(void *ctx, size_t bytes, cinder_error *err);
+    void (*free_mem)(void *ctx, void *p);
+    /* Host -> backend and backend -> host copies of bytes. download returns once the bytes
+     * are on the host (it waits for the ops before it). */
+    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
+    void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* Waits until every op issued so far has finished. */
+    void (*sync)(void *ctx);
+    /* Called once per weight at load: places w's data where the ops read it (CUDA: copies
+     * it to the device, owned by the backend until destroy) and repoints w->data. NULL: the
+     * data is read in place. */
+    cinder_status (*prepare_weight)(void *ctx, kernel_weight *w, cinder_error *err);
+    /* Free and total backend memory in bytes (NULL: unknown). */
+    cinder_status (*mem_info)(void *ctx, size_t *free_bytes, size_t *total_bytes,
+                              cinder_error *err);
+    /* Whether kv_write and attention take KV pools of this type (NULL: F32 only). */
+    bool (*supports_kv)(void *ctx, dtype type);
+
+    /* ---- plan and graphs: optional (NULL: nothing to plan, no graphs) ---- */
+
+    /* Plans the attention calls of one step before they run (flashinfer's plan/run split):
+     * the backend keeps what it derives from seqs (CUDA: uploads its descriptors), and the
+     * attention calls that follow with equal seqs reuse it. ctx_bound > 0: plan grids for any
+     * context up to ctx_bound rather than this step's (so a graph captured with the plan
+     * stays valid for later steps); 0: this step's. */
+    void (*attention_plan)(void *ctx, const kernel_attn_seq *seqs, int n_seqs, int n_heads,
+                           const kernel_kv_layer *kv, int32_t ctx_bound);
+    /* Runs body(arg), which issues ops only (no upload, download or sync), as a graph known by
+     * key: captured on the first call with that key, replayed after. Whatever body's ops
+     * read must be at the same addresses each time (device contents may change). */
+    cinder_status (*graph_run)(void *ctx, uint64_t key, void (*body)(void *arg), void *arg,
+                               cinder_error *err);
 };
 
 /* The CPU backend's settings; all zeros (kernel_cpu_options_default()) is the default. */
@@ -216,6 +266,37 @@ const char *kernel_act_name(kernel_act_precision act);
 void kernel_ops_free(kernel_ops *ops);
 
 /* The executor's calls: one line each, so call sites read like the forward pass. */
+static inline bool kernel_host_memory(const kernel_ops *k) {
+    return k->alloc == NULL;
+}
+void *kernel_alloc(kernel_ops *k, size_t bytes, cinder_error *err);
+void kernel_free(kernel_ops *k, void *p); /* accepts NULL */
+void kernel_upload(kernel_ops *k, void *dst, const void *src, size_t bytes);
+void kernel_download(kernel_ops *k, void *dst, const void *src, size_t bytes);
+void kernel_sync(kernel_ops *k);
+cinder_status kernel_prepare_weight(kernel_ops *k, kernel_weight *w, cinder_error *err);
+/* CINDER_ERR_UNSUPPORTED when the backend cannot tell. */
+cinder_status kernel_mem_info(kernel_ops *k, size_t *free_bytes, size_t *total_bytes,
+                              cinder_error *err);
+bool kernel_supports_kv(kernel_ops *k, dtype type);
+static inline void kernel_attention_plan(kernel_ops *k, const kernel_attn_seq *seqs, int n_seqs,
+                                         int n_heads, const kernel_kv_layer *kv,
+                                         int32_t ctx_bound) {
+    if (k->attention_plan) k->attention_plan(k->ctx, seqs, n_seqs, n_heads, kv, ctx_bound);
+}
+static inline bool kernel_has_graphs(const kernel_ops *k) {
+    return k->graph_run != NULL;
+}
+/* body(arg) as a graph where the backend has them, else simply called. */
+static inline cinder_status kernel_graph_run(kernel_ops *k, uint64_t key, void (*body)(void *arg),
+                                             void *arg, cinder_error *err) {
+    if (!k->graph_run) {
+        body(arg);
+        return CINDER_OK;
+    }
+    return k->graph_run(k->ctx, key, body, arg, err);
+}
+
 static inline cinder_status kernel_reserve(kernel_ops *k, int max_tokens, int64_t max_cols,
                                            cinder_error *err) {
     return k->reserve(k->ctx, max_tokens, max_cols, err);

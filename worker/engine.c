@@ -16,9 +16,12 @@
 #include <string.h>
 
 #include "log.h"
+#ifdef CINDER_HAVE_CUDA
+#include "cuda_ops.h"
+#endif
 
 typedef struct engine_layer {
-    const float *attn_norm, *ffn_norm; /* [d] */
+    const float *attn_norm, *ffn_norm; /* [d] (backend memory) */
     kernel_weight wq, wk, wv, wo;      /* [heads*hd, d], [kv*hd, d], [kv*hd, d], [d, heads*hd] */
     kernel_weight gate, up, down;      /* [ff, d], [ff, d], [d, ff] */
 } engine_layer;
@@ -31,18 +34,49 @@ struct engine {
     kernel_weight embed, output; /* [vocab, d] each (the same tensor when tied) */
     const float *output_norm;    /* [d] */
     engine_layer *layers;        /* [n_layers] */
-    float *inv_freq;             /* [rope_dim / 2] */
+    float *inv_freq;             /* [rope_dim / 2] (backend memory) */
     float **owned;               /* F32 copies made at load (f32_weights, norms not in F32) */
     int n_owned;
 
-    /* Scratch, sized once for max_batch_tokens tokens and max_seqs sequences. */
-    float *x, *h, *q, *kk, *vv, *att, *gate, *up, *rows;
-    int32_t *tokens, *pos, *slots, *row_index;
-    kernel_attn_seq *aseqs;
+    /* Scratch in backend memory, sized once for max_batch_tokens tokens and max_seqs
+     * sequences. logits: [logit_rows, vocab], only where the backend's memory is not the
+     * host's (else the caller's buffer is written directly). */
+    float *x, *h, *q, *kk, *vv, *att, *gate, *up, *rows, *logits;
+    int logit_rows;
+    /* A step's int32 plan, packed on the host and uploaded in one copy:
+     * [tokens n][pos n][slots n][row_index n_rows][block tables], meta_cap values. */
+    int32_t *meta, *dmeta;
+    size_t meta_cap;
+    kernel_attn_seq *aseqs; /* host; block_table pointers into dmeta */
+    bool graphs;            /* decode steps as backend graphs */
 };
 
+/* One step's forward pass from the embedding to the logits rows, as ops only (no host
+ * traffic), so that a backend can capture it as a graph. */
+typedef struct engine_pass {
+    engine *e;
+    int n, n_seqs, n_rows;
+    const int32_t *tokens, *pos, *slots, *rows; /* backend memory */
+    float *logits;                              /* backend memory: [n_rows, vocab] */
+} engine_pass;
+
+const char *engine_backend_name(engine_backend b) {
+    return b == ENGINE_BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+bool engine_backend_parse(const char *s, engine_backend *out) {
+    if (strcmp(s, "cpu") == 0) *out = ENGINE_BACKEND_CPU;
+    else if (strcmp(s, "cuda") == 0) *out = ENGINE_BACKEND_CUDA;
+    else return false;
+    return true;
+}
+
 engine_options engine_options_default(void) {
-    return (engine_options){.n_threads = 0,
+    return (engine_options){.backend = ENGINE_BACKEND_CPU,
+                            .device = 0,
+                            .kv_type = DTYPE_F32,
+                            .kv_fraction = 0,
+                            .n_threads = 0,
                             .block_size = 16,
                             .kv_blocks = 0,
                             .kv_bytes = (size_t)256 << 20,
@@ -50,7 +84,8 @@ engine_options engine_options_default(void) {
                             .max_seqs = 256,
                             .f32_weights = false,
                             .simd = KERNEL_SIMD_AUTO,
-                            .act = KERNEL_ACT_DEFAULT};
+                            .act = KERNEL_ACT_DEFAULT,
+                            .no_graphs = false};
 }
 
 const model_config *engine_config(const engine *e) {
@@ -59,6 +94,10 @@ const model_config *engine_config(const engine *e) {
 
 kv_cache *engine_kv(engine *e) {
     return e->kv;
+}
+
+kernel_ops *engine_backend_ops(engine *e) {
+    return e->k;
 }
 
 /* Keeps a buffer the engine owns; returns it (NULL when out of memory). */
@@ -79,14 +118,29 @@ static cinder_status engine_weight(engine *e, const model *m, const char *name, 
     if (!t) return cinder_error_set(err, CINDER_ERR_FORMAT, "tensor '%s' is missing", name);
     cinder_status s = kernel_weight_from_tensor(t, w, err);
     if (s) return s;
-    if (w->type == DTYPE_F32 || (!f32 && kernel_supports(e->k, w->type))) return CINDER_OK;
-    float *f = engine_own(e, (size_t)(w->rows * w->cols));
-    if (!f) return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for '%s' in F32", name);
-    for (int64_t r = 0; r < w->rows; r++)
-        dtype_to_f32(w->type, (const uint8_t *)w->data + r * w->row_bytes, f + r * w->cols, w->cols);
-    w->type = DTYPE_F32;
-    w->data = f;
-    w->row_bytes = (size_t)w->cols * sizeof(float);
+    float *f = NULL;
+    if (w->type != DTYPE_F32 && (f32 || !kernel_supports(e->k, w->type))) {
+        f = engine_own(e, (size_t)(w->rows * w->cols));
+        if (!f)
+            return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for '%s' in F32", name);
+        for (int64_t r = 0; r < w->rows; r++)
+            dtype_to_f32(w->type, (const uint8_t *)w->data + r * w->row_bytes, f + r * w->cols,
+                         w->cols);
+        w->type = DTYPE_F32;
+        w->data = f;
+        w->row_bytes = (size_t)w->cols * sizeof(float);
+    }
+    /* Where the ops read it: in place on the CPU, a device copy on CUDA. */
+    s = kernel_prepare_weight(e->k, w, err);
+    if (s) {
+        cinder_error_prefix(err, "'%s'", name);
+        return s;
+    }
+    if (f && w->data != f) { /* copied elsewhere (the device): the host copy is not needed */
+        CN_ASSERT(e->owned[e->n_owned - 1] == f);
+        free(f);
+        e->n_owned--;
+    }
     return CINDER_OK;
 }
 
@@ -145,9 +199,32 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
     const model_config *c = &e->cfg;
     int d = c->d_model, qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
 
-    kernel_cpu_options ko = {.n_threads = opts.n_threads, .simd = opts.simd, .act = opts.act};
-    e->k = kernel_cpu_create_opts(&ko, err);
+    if (opts.backend == ENGINE_BACKEND_CUDA) {
+#ifdef CINDER_HAVE_CUDA
+        kernel_cuda_options ko = kernel_cuda_options_default();
+        ko.device = opts.device;
+        ko.gemm = opts.act == KERNEL_ACT_INT8 ? KERNEL_CUDA_GEMM_FAST : KERNEL_CUDA_GEMM_DEFAULT;
+        e->k = kernel_cuda_create(&ko, err);
+#else
+        cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
+                         "this build has no CUDA backend (configure with CINDER_CUDA=ON and nvcc)");
+#endif
+    } else if (opts.backend == ENGINE_BACKEND_CPU) {
+        kernel_cpu_options ko = {.n_threads = opts.n_threads, .simd = opts.simd, .act = opts.act};
+        e->k = kernel_cpu_create_opts(&ko, err);
+    } else {
+        cinder_error_set(err, CINDER_ERR_ARG, "backend %d", (int)opts.backend);
+    }
     if (!e->k) goto fail;
+    {
+        const char *env = getenv("CINDER_GRAPHS");
+        e->graphs = kernel_has_graphs(e->k) && !opts.no_graphs && !(env && strcmp(env, "0") == 0);
+    }
+    if (!kernel_supports_kv(e->k, opts.kv_type)) {
+        cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "the %s backend has no %s KV cache",
+                         e->k->name, dtype_name(opts.kv_type));
+        goto fail;
+    }
 
     /* Weights. */
     bool f32 = opts.f32_weights;
@@ -173,50 +250,70 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
     }
 
     /* RoPE frequencies. */
-    e->inv_freq = engine_own(e, (size_t)c->rope_dim / 2);
-    if (!e->inv_freq) goto nomem;
+    float *inv_freq = engine_own(e, (size_t)c->rope_dim / 2);
+    if (!inv_freq) goto nomem;
     kernel_rope_scaling scaling = kernel_rope_scaling_from_config(c);
-    if (kernel_rope_inv_freq(e->inv_freq, c->rope_dim, c->rope_theta, &scaling, err)) goto fail;
+    if (kernel_rope_inv_freq(inv_freq, c->rope_dim, c->rope_theta, &scaling, err)) goto fail;
+    e->inv_freq = kernel_alloc(e->k, (size_t)c->rope_dim / 2 * sizeof(float), err);
+    if (!e->inv_freq) goto fail;
+    kernel_upload(e->k, e->inv_freq, inv_freq, (size_t)c->rope_dim / 2 * sizeof(float));
 
-    /* KV cache. */
-    int32_t blocks = opts.kv_blocks;
-    if (blocks <= 0) {
-        size_t per = kv_cache_block_bytes(c->n_layers, c->n_kv_heads, c->head_dim, opts.block_size);
-        size_t n = opts.kv_bytes / per;
-        blocks = n > INT32_MAX ? INT32_MAX : (int32_t)n;
-        if (blocks <= 0) {
-            cinder_error_set(err, CINDER_ERR_ARG, "KV pool of %zu bytes holds no %zu-byte block",
-                             opts.kv_bytes, per);
-            goto fail;
-        }
-    }
-    e->kv = kv_cache_create(c->n_layers, c->n_kv_heads, c->head_dim, opts.block_size, blocks, err);
-    if (!e->kv) goto fail;
-
-    /* Scratch. */
+    /* Scratch (before the KV pool, which may take a fraction of what is left). */
     size_t T = (size_t)opts.max_batch_tokens;
     int64_t widest = d > c->d_ff ? d : c->d_ff;
     if (qd > widest) widest = qd;
     if (kernel_reserve(e->k, opts.max_batch_tokens, widest, err)) goto fail;
-    e->x = malloc(T * d * sizeof(float));
-    e->h = malloc(T * d * sizeof(float));
-    e->q = malloc(T * qd * sizeof(float));
-    e->kk = malloc(T * kvd * sizeof(float));
-    e->vv = malloc(T * kvd * sizeof(float));
-    e->att = malloc(T * qd * sizeof(float));
-    e->gate = malloc(T * c->d_ff * sizeof(float));
-    e->up = malloc(T * c->d_ff * sizeof(float));
-    e->rows = malloc(T * d * sizeof(float));
-    e->tokens = malloc(T * sizeof(int32_t));
-    e->pos = malloc(T * sizeof(int32_t));
-    e->slots = malloc(T * sizeof(int32_t));
-    e->row_index = malloc(T * sizeof(int32_t));
+#define SCRATCH(ptr, count)                                                                        \
+    if (!((ptr) = kernel_alloc(e->k, (size_t)(count) * sizeof *(ptr), err))) goto fail;
+    SCRATCH(e->x, T * d) SCRATCH(e->h, T * d) SCRATCH(e->q, T * qd) SCRATCH(e->kk, T * kvd)
+    SCRATCH(e->vv, T * kvd) SCRATCH(e->att, T * qd) SCRATCH(e->gate, T * c->d_ff)
+    SCRATCH(e->up, T * c->d_ff) SCRATCH(e->rows, T * d)
+    if (!kernel_host_memory(e->k)) {
+        e->logit_rows = opts.max_seqs > 64 ? opts.max_seqs : 64;
+        if ((size_t)e->logit_rows > T) e->logit_rows = (int)T;
+        SCRATCH(e->logits, (size_t)e->logit_rows * c->vocab_size)
+    }
+    size_t max_blocks = ((size_t)c->context_len + opts.block_size - 1) / opts.block_size;
+    e->meta_cap = 4 * T + (size_t)opts.max_seqs * max_blocks;
+    e->meta = malloc(e->meta_cap * sizeof *e->meta);
     e->aseqs = malloc((size_t)opts.max_seqs * sizeof *e->aseqs);
-    if (!e->x || !e->h || !e->q || !e->kk || !e->vv || !e->att || !e->gate || !e->up || !e->rows ||
-        !e->tokens || !e->pos || !e->slots || !e->row_index || !e->aseqs)
-        goto nomem;
-    LOG_INFO("engine: %s, %d layers, KV %d blocks of %d tokens, %s weights", e->k->name,
-             c->n_layers, blocks, opts.block_size, opts.f32_weights ? "F32" : "file's");
+    if (!e->meta || !e->aseqs) goto nomem;
+    if (kernel_host_memory(e->k)) e->dmeta = e->meta;
+    else SCRATCH(e->dmeta, e->meta_cap)
+#undef SCRATCH
+
+    /* KV cache. */
+    int32_t blocks = opts.kv_blocks;
+    size_t per = kv_cache_block_bytes_type(c->n_layers, c->n_kv_heads, c->head_dim,
+                                           opts.block_size, opts.kv_type);
+    if (blocks <= 0) {
+        size_t bytes = opts.kv_bytes;
+        if (opts.kv_fraction > 0) {
+            size_t free_b = 0, total_b = 0;
+            if (opts.kv_fraction > 1) {
+                cinder_error_set(err, CINDER_ERR_ARG, "KV fraction %g is not in (0, 1]",
+                                 opts.kv_fraction);
+                goto fail;
+            }
+            if (kernel_mem_info(e->k, &free_b, &total_b, err)) goto fail;
+            bytes = (size_t)((double)free_b * opts.kv_fraction);
+            LOG_INFO("engine: %zu MiB free of %zu after weights and scratch; KV pool %zu MiB",
+                     free_b >> 20, total_b >> 20, bytes >> 20);
+        }
+        size_t n = bytes / per;
+        blocks = n > INT32_MAX ? INT32_MAX : (int32_t)n;
+        if (blocks <= 0) {
+            cinder_error_set(err, CINDER_ERR_ARG, "KV pool of %zu bytes holds no %zu-byte block",
+                             bytes, per);
+            goto fail;
+        }
+    }
+    e->kv = kv_cache_create_on(e->k, c->n_layers, c->n_kv_heads, c->head_dim, opts.block_size,
+                               blocks, opts.kv_type, err);
+    if (!e->kv) goto fail;
+    LOG_INFO("engine: %s, %d layers, KV %d blocks of %d tokens (%s), %s weights", e->k->name,
+             c->n_layers, blocks, opts.block_size, dtype_name(opts.kv_type),
+             opts.f32_weights ? "F32" : "file's");
     return e;
 nomem:
     cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory building the engine");
@@ -227,14 +324,18 @@ fail:
 
 void engine_free(engine *e) {
     if (!e) return;
-    kernel_ops_free(e->k);
-    kv_cache_free(e->kv);
+    kv_cache_free(e->kv); /* in the backend's memory: before the backend goes */
+    if (e->k) {
+        float *bufs[] = {e->inv_freq, e->x, e->h, e->q, e->kk, e->vv, e->att,
+                         e->gate, e->up, e->rows, e->logits};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kernel_free(e->k, bufs[i]);
+        if (e->dmeta != e->meta) kernel_free(e->k, e->dmeta);
+    }
+    kernel_ops_free(e->k); /* frees the weights it placed */
     for (int i = 0; i < e->n_owned; i++) free(e->owned[i]);
     free(e->owned);
     free(e->layers);
-    free(e->x), free(e->h), free(e->q), free(e->kk), free(e->vv), free(e->att);
-    free(e->gate), free(e->up), free(e->rows);
-    free(e->tokens), free(e->pos), free(e->slots), free(e->row_index), free(e->aseqs);
+    free(e->meta), free(e->aseqs);
     free(e);
 }
 
@@ -287,33 +388,15 @@ static cinder_status engine_check_step(const engine *e, const engine_seq *seqs, 
     return CINDER_OK;
 }
 
-cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
-                          cinder_error *err) {
-    cinder_status s = engine_check_step(e, seqs, n_seqs, err);
-    if (s) return s;
+/* The layers, then (n_rows > 0) the final norm and LM head of the selected rows. */
+static void engine_forward(void *arg) {
+    const engine_pass *p = arg;
+    engine *e = p->e;
     const model_config *c = &e->cfg;
     kernel_ops *k = e->k;
-    int d = c->d_model, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    int bs = e->opts.block_size;
-
-    /* Flatten: tokens, positions, KV slots, and which rows get logits. */
-    int n = 0, n_rows = 0;
-    for (int i = 0; i < n_seqs; i++) {
-        const engine_seq *sq = &seqs[i];
-        e->aseqs[i] = (kernel_attn_seq){.q_start = n, .n_q = sq->n_tokens,
-                                        .n_ctx = sq->pos + sq->n_tokens,
-                                        .block_table = sq->block_table};
-        for (int32_t t = 0; t < sq->n_tokens; t++, n++) {
-            int32_t p = sq->pos + t;
-            e->tokens[n] = sq->tokens[t];
-            e->pos[n] = p;
-            e->slots[n] = sq->block_table[p / bs] * bs + p % bs;
-            if (sq->all_logits || t == sq->n_tokens - 1) e->row_index[n_rows++] = n;
-        }
-    }
-
+    int n = p->n, d = c->d_model, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
-    kernel_embed(k, e->x, &e->embed, e->tokens, n);
+    kernel_embed(k, e->x, &e->embed, p->tokens, n);
     for (int l = 0; l < c->n_layers; l++) {
         const engine_layer *L = &e->layers[l];
         const kernel_kv_layer *kv = &e->kv->layers[l];
@@ -321,10 +404,10 @@ cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *
         kernel_matmul(k, e->q, e->h, &L->wq, n);
         kernel_matmul(k, e->kk, e->h, &L->wk, n);
         kernel_matmul(k, e->vv, e->h, &L->wv, n);
-        kernel_rope(k, e->q, e->pos, n, nh, hd, c->rope_dim, c->rope_layout, e->inv_freq);
-        kernel_rope(k, e->kk, e->pos, n, nkv, hd, c->rope_dim, c->rope_layout, e->inv_freq);
-        kernel_kv_write(k, kv, e->kk, e->vv, e->slots, n);
-        kernel_attention(k, e->att, e->q, kv, e->aseqs, n_seqs, nh, scale, c->sliding_window);
+        kernel_rope(k, e->q, p->pos, n, nh, hd, c->rope_dim, c->rope_layout, e->inv_freq);
+        kernel_rope(k, e->kk, p->pos, n, nkv, hd, c->rope_dim, c->rope_layout, e->inv_freq);
+        kernel_kv_write(k, kv, e->kk, e->vv, p->slots, n);
+        kernel_attention(k, e->att, e->q, kv, e->aseqs, p->n_seqs, nh, scale, c->sliding_window);
         kernel_matmul(k, e->h, e->att, &L->wo, n);
         kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
 
@@ -335,9 +418,81 @@ cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *
         kernel_matmul(k, e->h, e->gate, &L->down, n);
         kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
     }
-    for (int r = 0; r < n_rows; r++)
-        memcpy(e->rows + (size_t)r * d, e->x + (size_t)e->row_index[r] * d, (size_t)d * sizeof(float));
+    if (p->n_rows == 0) return;
+    /* The rows that get logits: a gather, as an embedding lookup in x seen as an F32 table. */
+    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
+    kernel_embed(k, e->rows, &xs, p->rows, p->n_rows);
+    kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, p->n_rows, d, c->norm_eps);
+    kernel_matmul(k, p->logits, e->rows, &e->output, p->n_rows);
+}
+
+cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
+                          cinder_error *err) {
+    cinder_status s = engine_check_step(e, seqs, n_seqs, err);
+    if (s) return s;
+    const model_config *c = &e->cfg;
+    kernel_ops *k = e->k;
+    int d = c->d_model, nh = c->n_heads;
+    int bs = e->opts.block_size;
+
+    /* Flatten into one int32 plan: tokens, positions, KV slots, the rows that get logits,
+     * the block tables; then one upload (nothing to do where backend memory is the host's). */
+    int n = 0, n_rows = 0;
+    for (int i = 0; i < n_seqs; i++) n += seqs[i].n_tokens;
+    int32_t *tokens = e->meta, *pos = tokens + n, *slots = pos + n, *row_index = slots + n;
+    for (int i = 0, t0 = 0; i < n_seqs; i++) {
+        const engine_seq *sq = &seqs[i];
+        for (int32_t t = 0; t < sq->n_tokens; t++) {
+            int32_t p = sq->pos + t, j = t0 + t;
+            tokens[j] = sq->tokens[t];
+            pos[j] = p;
+            slots[j] = sq->block_table[p / bs] * bs + p % bs;
+            if (sq->all_logits || t == sq->n_tokens - 1) row_index[n_rows++] = j;
+        }
+        t0 += sq->n_tokens;
+    }
+    size_t used = 3 * (size_t)n + (size_t)n_rows;
+    for (int i = 0, q0 = 0; i < n_seqs; i++) {
+        const engine_seq *sq = &seqs[i];
+        int32_t n_ctx = sq->pos + sq->n_tokens, nb = (n_ctx + bs - 1) / bs;
+        CN_ASSERT(used + (size_t)nb <= e->meta_cap); /* engine_check_step bounds n_ctx */
+        memcpy(e->meta + used, sq->block_table, (size_t)nb * sizeof(int32_t));
+        e->aseqs[i] = (kernel_attn_seq){.q_start = q0, .n_q = sq->n_tokens, .n_ctx = n_ctx,
+                                        .block_table = e->dmeta + used};
+        used += (size_t)nb;
+        q0 += sq->n_tokens;
+    }
+    if (e->dmeta != e->meta) kernel_upload(k, e->dmeta, e->meta, used * sizeof(int32_t));
+    engine_pass ps = {e, n, n_seqs, n_rows, e->dmeta, e->dmeta + n, e->dmeta + 2 * n,
+                      e->dmeta + 3 * n, e->logits ? e->logits : logits};
+    /* Decode steps (one new token per sequence) on a backend with graphs: one graph per batch
+     * size, planned for any context so that it stays valid; everything else op by op. */
+    bool decode = n == n_seqs && n_rows == n_seqs;
+    bool graph = e->graphs && decode && n_rows <= e->logit_rows;
+    kernel_attention_plan(k, e->aseqs, n_seqs, nh, &e->kv->layers[0], graph ? c->context_len : 0);
+    if (graph) {
+        s = kernel_graph_run(k, (uint64_t)n_seqs, engine_forward, &ps, err);
+        if (s) return s;
+        kernel_download(k, logits, e->logits, (size_t)n_rows * c->vocab_size * sizeof(float));
+        return CINDER_OK;
+    }
+    if (!e->logits || n_rows <= e->logit_rows) {
+        engine_forward(&ps);
+        if (e->logits)
+            kernel_download(k, logits, e->logits, (size_t)n_rows * c->vocab_size * sizeof(float));
+        return CINDER_OK;
+    }
+    /* More logits rows than the device buffer: the layers once, the LM head in pieces. */
+    ps.n_rows = 0;
+    engine_forward(&ps);
+    size_t vocab = (size_t)c->vocab_size;
+    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
+    kernel_embed(k, e->rows, &xs, ps.rows, n_rows);
     kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, n_rows, d, c->norm_eps);
-    kernel_matmul(k, logits, e->rows, &e->output, n_rows);
+    for (int r0 = 0; r0 < n_rows; r0 += e->logit_rows) {
+        int nr = n_rows - r0 < e->logit_rows ? n_rows - r0 : e->logit_rows;
+        kernel_matmul(k, e->logits, e->rows + (size_t)r0 * d, &e->output, nr);
+        kernel_download(k, logits + (size_t)r0 * vocab, e->logits, (size_t)nr * vocab * sizeof(float));
+    }
     return CINDER_OK;
 }

@@ -24,7 +24,22 @@
 #include "ops.h"
 #include "status.h"
 
+/* Which kernel backend runs the forward pass. */
+typedef enum engine_backend {
+    ENGINE_BACKEND_CPU = 0,
+    ENGINE_BACKEND_CUDA, /* needs a build with CINDER_CUDA (else CINDER_ERR_UNSUPPORTED) */
+} engine_backend;
+
+/* "cpu", "cuda"; engine_backend_parse returns false on another name. */
+const char *engine_backend_name(engine_backend b);
+bool engine_backend_parse(const char *s, engine_backend *out);
+
 typedef struct engine_options {
+    engine_backend backend; /* default CPU */
+    int device;             /* CUDA device ordinal */
+    dtype kv_type;          /* KV pools: F32 (default, every backend) or BF16 (CUDA) */
+    double kv_fraction;     /* > 0 and kv_blocks 0: the KV pool takes this fraction of the
+                               backend's free memory after weights and scratch (CUDA) */
     int n_threads;        /* 0: one per online CPU */
     int block_size;       /* tokens per KV block (default 16) */
     int32_t kv_blocks;    /* KV pool size in blocks; 0: from kv_bytes */
@@ -34,7 +49,10 @@ typedef struct engine_options {
     bool f32_weights;     /* dequantize every weight to F32 at load (reference precision) */
     kernel_simd simd;     /* CPU SIMD level (default: the best, or CINDER_SIMD) */
     kernel_act_precision act; /* activations for quantized weights: 16-bit (default) or 8-bit
-                                 integers (or CINDER_ACT=accurate|int8) */
+                                 integers (or CINDER_ACT=accurate|int8); on CUDA, INT8 picks
+                                 the fast (rounded) activations of F16/BF16 GEMMs */
+    bool no_graphs;           /* CUDA: run decode steps op by op, not as CUDA graphs
+                                 (graphs are captured per batch size; CINDER_GRAPHS=0 too) */
 } engine_options;
 
 engine_options engine_options_default(void);
@@ -50,8 +68,8 @@ typedef struct engine_seq {
 
 typedef struct engine engine;
 
-/* Builds the engine for a model: weight views (or F32 copies), kernels, scratch for
- * max_batch_tokens, the KV cache. Refuses by name what the forward pass cannot run yet
+/* Builds the engine for a model: the backend, weight views (or F32 copies; on CUDA copied to
+ * the device), scratch for max_batch_tokens, the KV cache (in the backend's memory). Refuses by name what the forward pass cannot run yet
  * (sliding window, experts, biases, a weight type the kernels lack). */
 engine *engine_create(const model *m, const engine_options *opts, cinder_error *err);
 /* The refusals of engine_create alone: CINDER_ERR_UNSUPPORTED naming what the forward pass
@@ -61,10 +79,13 @@ void engine_free(engine *e);
 
 const model_config *engine_config(const engine *e);
 kv_cache *engine_kv(engine *e);
+/* The backend the engine runs on (its name says which). */
+kernel_ops *engine_backend_ops(engine *e);
 /* Rows of logits a step returns: the sum over sequences of (all_logits ? n_tokens : 1). */
 int engine_logit_rows(const engine_seq *seqs, int n_seqs);
 
-/* Runs one step. logits [engine_logit_rows(seqs), vocab], in sequence order. A plan that
+/* Runs one step. logits [engine_logit_rows(seqs), vocab], in sequence order, host memory
+ * (on CUDA only the logits come back to the host). A plan that
  * does not fit (token out of the vocabulary, position past the context, block table too
  * short or naming a block outside the pool, batch over max_batch_tokens) is refused with
  * CINDER_ERR_ARG naming the sequence and the field, before anything is computed. */

@@ -5,13 +5,45 @@
 
 #include "log.h"
 
-size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int block_size) {
+size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
+                                 dtype type) {
+    size_t elem = type == DTYPE_F32 ? sizeof(float) : 2; /* F32 or BF16 */
     return 2 * (size_t)n_layers * (size_t)n_kv_heads * (size_t)block_size * (size_t)head_dim *
-           sizeof(float);
+           elem;
+}
+
+size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int block_size) {
+    return kv_cache_block_bytes_type(n_layers, n_kv_heads, head_dim, block_size, DTYPE_F32);
 }
 
 kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_size,
                           int32_t n_blocks, cinder_error *err) {
+    return kv_cache_create_on(NULL, n_layers, n_kv_heads, head_dim, block_size, n_blocks,
+                              DTYPE_F32, err);
+}
+
+/* Zeroed backend memory for a pool (calloc on the host). */
+static float *kv_pool_alloc(kernel_ops *b, size_t bytes, cinder_error *err) {
+    if (!b) return calloc(1, bytes);
+    return kernel_alloc(b, bytes, err); /* zeroed */
+}
+
+static void kv_pool_free(kernel_ops *b, float *p) {
+    if (!b) free(p);
+    else kernel_free(b, p);
+}
+
+kv_cache *kv_cache_create_on(kernel_ops *backend, int n_layers, int n_kv_heads, int head_dim,
+                             int block_size, int32_t n_blocks, dtype type, cinder_error *err) {
+    if (type != DTYPE_F32 && type != DTYPE_BF16) {
+        cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "KV cache of type %s", dtype_name(type));
+        return NULL;
+    }
+    if (type != DTYPE_F32 && (!backend || !kernel_supports_kv(backend, type))) {
+        cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "the %s backend has no %s KV cache",
+                         backend ? backend->name : "host", dtype_name(type));
+        return NULL;
+    }
     if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || block_size <= 0 || n_blocks <= 0) {
         cinder_error_set(err, CINDER_ERR_ARG,
                          "KV cache of %d layers, %d KV heads, head dim %d, %d blocks of %d "
@@ -26,24 +58,28 @@ kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_
     c->head_dim = head_dim;
     c->block_size = block_size;
     c->n_blocks = n_blocks;
+    c->type = type;
+    c->backend = backend;
+    size_t elem = type == DTYPE_F32 ? sizeof(float) : 2;
     size_t per_layer = (size_t)n_blocks * (size_t)n_kv_heads * (size_t)block_size * (size_t)head_dim;
-    size_t bytes = per_layer * (size_t)n_layers * sizeof(float);
+    size_t bytes = per_layer * (size_t)n_layers * elem;
     /* Calloc, not malloc: pages are touched only when used, and a bug that reads an unwritten
      * slot reads zeros rather than garbage (the tests poison on purpose where it matters). */
-    c->k = calloc(1, bytes);
-    c->v = calloc(1, bytes);
+    c->k = kv_pool_alloc(backend, bytes, err);
+    c->v = kv_pool_alloc(backend, bytes, err);
     c->layers = calloc((size_t)n_layers, sizeof *c->layers);
     c->free_list = malloc((size_t)n_blocks * sizeof *c->free_list);
     c->is_free = malloc((size_t)n_blocks);
     if (!c->k || !c->v || !c->layers || !c->free_list || !c->is_free) goto nomem;
     memset(c->is_free, 1, (size_t)n_blocks);
     for (int l = 0; l < n_layers; l++)
-        c->layers[l] = (kernel_kv_layer){.k = c->k + (size_t)l * per_layer,
-                                         .v = c->v + (size_t)l * per_layer,
+        c->layers[l] = (kernel_kv_layer){.k = (float *)((uint8_t *)c->k + l * per_layer * elem),
+                                         .v = (float *)((uint8_t *)c->v + l * per_layer * elem),
                                          .n_blocks = n_blocks,
                                          .block_size = block_size,
                                          .n_kv_heads = n_kv_heads,
-                                         .head_dim = head_dim};
+                                         .head_dim = head_dim,
+                                         .type = type};
     /* Lowest ids on top of the stack: a fresh cache hands out 0, 1, 2, ... */
     for (int32_t i = 0; i < n_blocks; i++) c->free_list[i] = n_blocks - 1 - i;
     c->n_free = n_blocks;
@@ -51,7 +87,7 @@ kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_
 nomem:
     cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for a KV cache of %d blocks (%zu MiB)",
                      n_blocks,
-                     kv_cache_block_bytes(n_layers, n_kv_heads, head_dim, block_size) *
+                     kv_cache_block_bytes_type(n_layers, n_kv_heads, head_dim, block_size, type) *
                          (size_t)n_blocks >> 20);
     kv_cache_free(c);
     return NULL;
@@ -59,8 +95,8 @@ nomem:
 
 void kv_cache_free(kv_cache *c) {
     if (!c) return;
-    free(c->k);
-    free(c->v);
+    kv_pool_free(c->backend, c->k);
+    kv_pool_free(c->backend, c->v);
     free(c->layers);
     free(c->free_list);
     free(c->is_free);
@@ -116,11 +152,21 @@ void kv_seq_free(kv_cache *c, kv_seq *s) {
 
 void kv_cache_copy_block(kv_cache *c, int32_t src, int32_t dst) {
     CN_ASSERT(src >= 0 && src < c->n_blocks && dst >= 0 && dst < c->n_blocks);
-    size_t block = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim;
-    for (int l = 0; l < c->n_layers; l++) {
-        memcpy(c->layers[l].k + (size_t)dst * block, c->layers[l].k + (size_t)src * block,
-               block * sizeof(float));
-        memcpy(c->layers[l].v + (size_t)dst * block, c->layers[l].v + (size_t)src * block,
-               block * sizeof(float));
-    }
+    /* Through the host, so that any backend's pools work: copy-on-write is rare (forked
+     * sequences only), and one block is small. */
+    size_t elem = c->type == DTYPE_BF16 ? 2 : 4;
+    size_t bytes = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim * elem;
+    uint8_t *stage = malloc(bytes);
+    CN_ASSERT(stage);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            uint8_t *pool = (uint8_t *)(kv ? c->layers[l].v : c->layers[l].k);
+            if (!c->backend) {
+                memcpy(pool + (size_t)dst * bytes, pool + (size_t)src * bytes, bytes);
+                continue;
+            }
+            kernel_download(c->backend, stage, pool + (size_t)src * bytes, bytes);
+            kernel_upload(c->backend, pool + (size_t)dst * bytes, stage, bytes);
+        }
+    free(stage);
 }

@@ -1,7 +1,8 @@
 /* kv_cache.h - the paged KV cache of one worker: per layer, a pool of fixed-size blocks.
  *
  * Block b of layer l holds block_size consecutive positions of one sequence for every KV head:
- *   K: [n_blocks, n_kv_heads, block_size, head_dim] F32 (V the same)
+ *   K: [n_blocks, n_kv_heads, block_size, head_dim] F32 (V the same; BF16 where the backend
+ *      takes it, see kv_cache_create_on)
  * so the keys one head reads in a block are contiguous. A sequence's block table maps its
  * position p to block table[p / block_size], slot p % block_size; blocks of one sequence may
  * lie anywhere in the pool. There is no contiguous per-sequence buffer anywhere.
@@ -20,20 +21,31 @@
 typedef struct kv_cache {
     int n_layers, n_kv_heads, head_dim, block_size;
     int32_t n_blocks;
+    dtype type;              /* of the pools: F32, or BF16 on backends that take it */
+    kernel_ops *backend;     /* whose memory the pools are in (NULL: host, calloc) */
     kernel_kv_layer *layers; /* [n_layers] views into the pools, for the attention op */
-    float *k, *v;            /* [n_layers, n_blocks, n_kv_heads, block_size, head_dim] */
+    float *k, *v; /* [n_layers, n_blocks, n_kv_heads, block_size, head_dim] of type (backend
+                     memory) */
     int32_t *free_list;      /* [n_blocks] stack of free block ids */
     int32_t n_free;
     uint8_t *is_free; /* [n_blocks] 1 when on the free list (catches double frees) */
 } kv_cache;
 
-/* Bytes one block takes over all layers (K and V). */
+/* Bytes one block takes over all layers (K and V) in F32. */
 size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int block_size);
+/* The same for pools of another type (F32 or BF16). */
+size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
+                                 dtype type);
 
-/* Allocates n_blocks blocks per layer. Returns NULL and fills err when the sizes are not
- * positive or memory runs out. */
+/* Allocates n_blocks F32 blocks per layer in host memory. Returns NULL and fills err when the
+ * sizes are not positive or memory runs out. */
 kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_size,
                           int32_t n_blocks, cinder_error *err);
+/* The same in a backend's memory (NULL: host) with pools of type (F32, or BF16 where
+ * kernel_supports_kv says so; CINDER_ERR_UNSUPPORTED otherwise). Pools come zeroed
+ * (kernel_alloc's memory is). */
+kv_cache *kv_cache_create_on(kernel_ops *backend, int n_layers, int n_kv_heads, int head_dim,
+                             int block_size, int32_t n_blocks, dtype type, cinder_error *err);
 void kv_cache_free(kv_cache *c);
 
 /* Takes n free blocks into out; CINDER_ERR_NOMEM (nothing taken) when fewer are free. */
