@@ -41,6 +41,10 @@ typedef struct kernel_weight {
     int64_t rows, cols;
     const void *data;
     size_t row_bytes; /* dtype_row_bytes(type, cols) for a dense tensor */
+    /* The backend's own copy in a layout of its own, made by kernel_prepare_weight (NULL:
+     * none; only that backend reads it; data above stays valid and unchanged). Take views of
+     * row ranges before preparing, never of a prepared weight. */
+    const void *prepared;
 } kernel_weight;
 
 /* A view of a 1-D or 2-D tensor as a weight (a 1-D tensor is one row; a 3-D one is seen as
@@ -129,6 +133,13 @@ struct kernel_ops {
 
     /* Whether matmul and embed accept weights of this type. */
     bool (*supports)(void *ctx, dtype type);
+
+    /* Optional (NULL: nothing to prepare). Called once per matmul weight at load, before any
+     * matmul on it: the backend may copy the weight into a layout its kernels read faster
+     * (the CPU one: rows interleaved in groups, for the 16-bit activation path) and record it
+     * in w->prepared; the copy lives as long as the backend. Matmul results are the same bits
+     * with or without it. CINDER_ERR_NOMEM when the copy cannot be made. */
+    cinder_status (*prepare_weight)(void *ctx, kernel_weight *w, cinder_error *err);
 
     /* out[i, :] = dequantized table row ids[i].  out [n, table->cols], ids [n] in
      * [0, table->rows). Any dtype. */
@@ -222,6 +233,10 @@ static inline cinder_status kernel_reserve(kernel_ops *k, int max_tokens, int64_
 }
 static inline bool kernel_supports(kernel_ops *k, dtype type) {
     return k->supports(k->ctx, type);
+}
+static inline cinder_status kernel_prepare_weight(kernel_ops *k, kernel_weight *w,
+                                                  cinder_error *err) {
+    return k->prepare_weight ? k->prepare_weight(k->ctx, w, err) : CINDER_OK;
 }
 static inline void kernel_embed(kernel_ops *k, float *out, const kernel_weight *table,
                                 const int32_t *ids, int n) {

@@ -172,6 +172,16 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
         if (engine_norm(e, m, name, &L->ffn_norm, err)) goto fail;
     }
 
+    /* The backend's own layout of the matmul weights, where it has one (the embedding table
+     * itself stays as it is: the tied LM head is prepared as output only). */
+    for (int l = 0; l < c->n_layers; l++) {
+        engine_layer *L = &e->layers[l];
+        kernel_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (kernel_prepare_weight(e->k, ws[i], err)) goto fail;
+    }
+    if (kernel_prepare_weight(e->k, &e->output, err)) goto fail;
+
     /* RoPE frequencies. */
     e->inv_freq = engine_own(e, (size_t)c->rope_dim / 2);
     if (!e->inv_freq) goto nomem;

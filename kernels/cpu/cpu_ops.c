@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cpu_attention.h"
 #include "cpu_pool.h"
@@ -35,7 +36,15 @@ typedef struct cpu_ctx {
     cpu_act_q16 q16;
     size_t act_cap;
     cpu_attn_scratch attn;
+    /* Prepared weights: carved from chunks of CPU_PACK_CHUNK bytes (huge-page aligned and
+     * advised), a larger weight in a chunk of its own. */
+    void **chunks;
+    int n_chunks;
+    size_t chunk_used, chunk_size; /* of the last chunk */
 } cpu_ctx;
+
+#define CPU_PACK_CHUNK ((size_t)32 << 20)
+#define CPU_HUGE_PAGE  ((size_t)2 << 20)
 
 /* ---- SIMD level ---- */
 
@@ -126,6 +135,85 @@ static cinder_status cpu_reserve(void *ctx, int max_tokens, int64_t max_cols, ci
 
 static bool cpu_supports(void *ctx, dtype type) {
     return (unsigned)type < DTYPE_COUNT;
+}
+
+/* ---- prepared weights ---- */
+
+size_t cpu_pack_group_block_bytes(dtype type) {
+    switch (type) {
+        case DTYPE_Q8_0:
+            return CPU_PACK_ROWS * (QK + 2);
+        case DTYPE_Q4_0:
+            return CPU_PACK_ROWS * (QK / 2 + 2);
+        case DTYPE_Q4_1:
+            return CPU_PACK_ROWS * (QK / 2 + 4);
+        default:
+            return 0;
+    }
+}
+
+/* The layout cpu_simd.h describes. dst holds ceil(rows / 8) * nb group blocks. */
+static void cpu_pack_weight(const kernel_weight *w, uint8_t *dst) {
+    const int64_t nb = w->cols / QK, groups = (w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS;
+    const size_t gb = cpu_pack_group_block_bytes(w->type), bb = dtype_block_bytes(w->type);
+    const size_t qb = w->type == DTYPE_Q8_0 ? QK : QK / 2; /* value bytes of a row's block */
+    const size_t head = w->type == DTYPE_Q4_1 ? 4 : 2;     /* scale bytes before them */
+    memset(dst, 0, (size_t)groups * nb * gb);
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = dst + ((size_t)g * nb + b) * gb;
+            for (int i = 0; i < CPU_PACK_ROWS && g * CPU_PACK_ROWS + i < w->rows; i++) {
+                const uint8_t *blk = (const uint8_t *)w->data +
+                                     (size_t)(g * CPU_PACK_ROWS + i) * w->row_bytes + b * bb;
+                memcpy(o + i * qb, blk + head, qb);
+                memcpy(o + CPU_PACK_ROWS * qb + 2 * i, blk, 2); /* d */
+                if (w->type == DTYPE_Q4_1)
+                    memcpy(o + CPU_PACK_ROWS * (qb + 2) + 2 * i, blk + 2, 2); /* m */
+            }
+        }
+}
+
+/* bytes of prepared-weight memory, 64-byte aligned, kept until the backend goes */
+static void *cpu_pack_alloc(cpu_ctx *c, size_t bytes) {
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (c->n_chunks == 0 || c->chunk_used + bytes > c->chunk_size) {
+        size_t size = bytes > CPU_PACK_CHUNK ? (bytes + CPU_HUGE_PAGE - 1) & ~(CPU_HUGE_PAGE - 1)
+                                             : CPU_PACK_CHUNK;
+        void **list = realloc(c->chunks, (size_t)(c->n_chunks + 1) * sizeof *list);
+        if (!list) return NULL;
+        c->chunks = list;
+        void *p = aligned_alloc(CPU_HUGE_PAGE, size);
+        if (!p) return NULL;
+#ifdef MADV_HUGEPAGE
+        /* decode streams every weight once per token: 2 MiB pages spare the TLB a miss every
+         * 4 KiB (a hint; without transparent huge pages nothing changes) */
+        madvise(p, size, MADV_HUGEPAGE);
+#endif
+        c->chunks[c->n_chunks++] = p;
+        c->chunk_used = 0;
+        c->chunk_size = size;
+    }
+    void *p = (uint8_t *)c->chunks[c->n_chunks - 1] + c->chunk_used;
+    c->chunk_used += bytes;
+    return p;
+}
+
+static cinder_status cpu_prepare_weight(void *ctx, kernel_weight *w, cinder_error *err) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT((unsigned)w->type < DTYPE_COUNT);
+    if (w->prepared || c->act != KERNEL_ACT_ACCURATE || !c->simd->q16_prepared[w->type])
+        return CINDER_OK;
+    CN_ASSERT(w->cols % QK == 0 && w->row_bytes == dtype_row_bytes(w->type, w->cols));
+    size_t bytes = (size_t)((w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS) * (size_t)(w->cols / QK) *
+                   cpu_pack_group_block_bytes(w->type);
+    uint8_t *p = cpu_pack_alloc(c, bytes);
+    if (!p)
+        return cinder_error_set(err, CINDER_ERR_NOMEM,
+                                "out of memory preparing a %lld x %lld %s weight (%zu bytes)",
+                                (long long)w->rows, (long long)w->cols, dtype_name(w->type), bytes);
+    cpu_pack_weight(w, p);
+    w->prepared = p;
+    return CINDER_OK;
 }
 
 /* ---- embed ---- */
@@ -275,10 +363,11 @@ static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weigh
         }
     }
     /* Ranges of rows: about 4 per thread to even out uneven threads, but at least 16 rows
-     * (even, for the 2- and 4-row tiles), so a range's weights are worth a pool hand-off. */
+     * (a multiple of the 8-row groups of the 16-bit tiles), so a range's weights are worth a
+     * pool hand-off. */
     int nt = cpu_pool_n_threads(c->pool);
     int64_t grain = (w->rows + 4 * nt - 1) / (4 * nt);
-    grain = grain < 16 ? 16 : (grain + 3) & ~(int64_t)3;
+    grain = grain < 16 ? 16 : (grain + CPU_PACK_ROWS - 1) & ~(int64_t)(CPU_PACK_ROWS - 1);
     cpu_pool_run(c->pool, gemm_rows, &j, w->rows, grain);
 }
 
@@ -370,6 +459,8 @@ static void cpu_destroy(kernel_ops *ops) {
     free(c->q8);
     free(c->q16.qs);
     free(c->q16.ds);
+    for (int i = 0; i < c->n_chunks; i++) free(c->chunks[i]);
+    free(c->chunks);
     free(c);
 }
 
@@ -396,6 +487,7 @@ kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table,
         .ctx = c,
         .reserve = cpu_reserve,
         .supports = cpu_supports,
+        .prepare_weight = cpu_prepare_weight,
         .embed = cpu_embed,
         .rmsnorm = cpu_rmsnorm,
         .rope = cpu_rope,

@@ -61,6 +61,19 @@ typedef void (*cpu_quantize_fn)(const float *x, cpu_block_q8 *y, int64_t k);
  * (l < 2), s = p[0] + p[1]. */
 typedef void (*cpu_quantize_q16_fn)(const float *x, int16_t *qs, float *ds, int64_t k);
 
+/* Prepared weights (kernel_prepare_weight) for the 16-bit path: rows in groups of
+ * CPU_PACK_ROWS (the last group padded with zero rows), a group's blocks one after the other,
+ * and in each group block the 8 rows' values, then their scales:
+ *   Q8_0: qs[8][32] int8, d[8] fp16              272 bytes
+ *   Q4_0: qs[8][16] nibbles as in the file, d[8]  144 bytes
+ *   Q4_1: qs[8][16], d[8] fp16, m[8] fp16         160 bytes
+ * as many bytes as the file's blocks, read as one stream, and the 8 rows' scales as one
+ * vector. cpu_pack_bytes and cpu_pack_weight (cpu_ops.c) make it. */
+#define CPU_PACK_ROWS 8
+
+/* Bytes of one group block, 0 for a type without the prepared layout. */
+size_t cpu_pack_group_block_bytes(dtype type);
+
 typedef struct cpu_simd_table {
     const char *name; /* "cpu-avx2" */
     kernel_simd level;
@@ -68,6 +81,10 @@ typedef struct cpu_simd_table {
     cpu_gemm_fn gemm[DTYPE_COUNT]; /* one per weight type; quantized ones on cpu_block_q8 */
     cpu_quantize_q16_fn quantize_q16;
     cpu_gemm_fn gemm_q16[DTYPE_COUNT]; /* quantized weight types only, on cpu_act_q16 */
+    /* Whether gemm_q16 of a type also reads prepared weights (w->prepared, the same bits as
+     * from the file's layout): only then does the backend prepare weights of that type. Such
+     * a kernel needs r0 to be a multiple of CPU_PACK_ROWS. */
+    bool q16_prepared[DTYPE_COUNT];
 } cpu_simd_table;
 
 /* Tokens whose activations one pass over a range of weight rows reuses: their quantized

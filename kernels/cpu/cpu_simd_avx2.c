@@ -265,17 +265,69 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
 
 /* ---- quantized weights x 16-bit activations ---- */
 
-/* A block's 32 weights as 16-bit integers, values 0-15 in the low half, 16-31 in the high
- * one: Q8_0's bytes sign-extended, Q4_0's nibbles less 8, Q4_1's nibbles. */
-INLINE void load_wq_i16(dtype type, const uint8_t *blk, __m256i *lo, __m256i *hi) {
+/* Eight rows at a time (a group of CPU_PACK_ROWS), read from the prepared layout (cpu_simd.h)
+ * or, with the same arithmetic, from the file's rows. The weights are widened to 16 bits and
+ * madd does the products. Per block b and token t, each row's integer dot product isum
+ * (exact in int32: |isum| <= 32 * 128 * 32767 < 2^31) is summed across its lanes for the 8
+ * rows at once (a tree of hadds), so that one vector holds the group's 8 sums and the float
+ * work is done once per 8 rows:
+ *   acc = fma(float(isum), d_w * d_x, acc)       lane i: row i
+ *   acc = fma(m_w, s_x, acc)                     Q4_1 only (s_x: the block's F32 sum)
+ * and lane i of acc is row i's output after the last block: no horizontal sum. A tile of NT
+ * tokens does exactly that for each token, sharing the unpacked weights, so an output has the
+ * same bits whatever the tile, the thread count, the batch, and whether the weight was
+ * prepared. */
+
+typedef struct q16_group {
+    const uint8_t *packed;             /* the group's block 0 in the prepared layout, or NULL */
+    const uint8_t *row[CPU_PACK_ROWS]; /* else each row's block 0 in the file's layout */
+} q16_group;
+
+INLINE size_t q16_value_bytes(dtype type) {
+    return type == DTYPE_Q8_0 ? QK : QK / 2;
+}
+INLINE size_t q16_file_block_bytes(dtype type) {
+    return type == DTYPE_Q8_0 ? sizeof(block_q8_0)
+           : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
+                                : sizeof(block_q4_0);
+}
+/* cpu_pack_group_block_bytes, as a constant the compiler sees */
+INLINE size_t q16_group_block_bytes(dtype type) {
+    return CPU_PACK_ROWS * (q16_value_bytes(type) + (type == DTYPE_Q4_1 ? 4 : 2));
+}
+
+/* Row i's values in block b. */
+INLINE const uint8_t *q16_values(dtype type, const q16_group *g, int i, int64_t b) {
+    if (g->packed)
+        return g->packed + b * q16_group_block_bytes(type) + i * q16_value_bytes(type);
+    return g->row[i] + b * q16_file_block_bytes(type) + (type == DTYPE_Q4_1 ? 4 : 2);
+}
+
+/* The 8 rows' d (k = 0) or Q4_1's m (k = 1) in block b, as floats. */
+INLINE __m256 q16_scales(dtype type, const q16_group *g, int64_t b, int k) {
+    __m128i h;
+    if (g->packed) {
+        h = _mm_loadu_si128((const __m128i *)(g->packed + b * q16_group_block_bytes(type) +
+                                              CPU_PACK_ROWS * q16_value_bytes(type) + 16 * k));
+    } else {
+        uint16_t v[CPU_PACK_ROWS];
+        for (int i = 0; i < CPU_PACK_ROWS; i++)
+            memcpy(&v[i], g->row[i] + b * q16_file_block_bytes(type) + 2 * k, 2);
+        h = _mm_loadu_si128((const __m128i *)v);
+    }
+    return _mm256_cvtph_ps(h);
+}
+
+/* A row's block as 16-bit integers, values 0-15 in *lo, 16-31 in *hi: Q8_0's bytes
+ * sign-extended, Q4_0's nibbles less 8, Q4_1's nibbles. */
+INLINE void q16_unpack(dtype type, const uint8_t *q, __m256i *lo, __m256i *hi) {
     if (type == DTYPE_Q8_0) {
-        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
-        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
+        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q));
+        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)));
         return;
     }
     /* each byte zero-extended to 16 bits: its low nibble is the and, its high one the shift */
-    __m256i v = _mm256_cvtepu8_epi16(
-        _mm_loadu_si128((const __m128i *)(blk + (type == DTYPE_Q4_1 ? 4 : 2))));
+    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
     *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
     *hi = _mm256_srli_epi16(v, 4);
     if (type == DTYPE_Q4_0) {
@@ -284,71 +336,108 @@ INLINE void load_wq_i16(dtype type, const uint8_t *blk, __m256i *lo, __m256i *hi
     }
 }
 
-/* One tile of a quantized matmul on 16-bit activations. Per block b, row i, token j:
- *   acc += isum · (d_w·d_x)  [+ m_w · s_x in lane 0, Q4_1]
- * with isum the integer dot product by lanes: madd sums pairs of 16-bit products, the two
- * halves add up to four products per lane, |four| <= 4 · 128 · 32767 < 2^24, so even their
- * conversion to float is exact. */
-INLINE void tile_quant_q16(const cpu_gemm_args *a, dtype type, int64_t r, int NR, int t, int NT) {
+/* A row's block against a token's: 8 partial sums of the 32 products. */
+INLINE __m256i q16_dot(__m256i lo, __m256i hi, const int16_t *x) {
+    return _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)x)),
+                            _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 16))));
+}
+
+/* The group's 8 rows (from row r) against NT tokens (from t), every block. */
+INLINE void tile_q16(const cpu_gemm_args *a, dtype type, const q16_group *g, int64_t r, int t,
+                     int NT) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
-    const size_t bb = type == DTYPE_Q8_0   ? sizeof(block_q8_0)
-                      : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
-                                           : sizeof(block_q4_0);
     const cpu_act_q16 *x = a->x;
     const int16_t *xq = x->qs + (int64_t)t * w->cols;
     const float *xds = x->ds + 2 * (int64_t)t * nb;
-    const uint8_t *row[4];
-    __m256 acc[4][4];
-    for (int i = 0; i < NR; i++) {
-        row[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
-        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
-    }
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        for (int i = 0; i < NR; i++) {
-            const uint8_t *blk = row[i] + b * bb;
-            _mm_prefetch((const char *)blk + NR * w->row_bytes, _MM_HINT_T0);
-            __m256i w0, w1;
-            load_wq_i16(type, blk, &w0, &w1);
-            __m256 dw, mw = _mm256_setzero_ps();
-            if (type == DTYPE_Q4_1) {
-                uint32_t dm_bits;
-                memcpy(&dm_bits, blk, 4);
-                __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm_bits)); /* d, m */
-                dw = _mm256_broadcastss_ps(dm);
-                mw = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-            } else {
-                dw = _mm256_set1_ps(load_f16(blk));
-            }
+        if (g->packed)
+            _mm_prefetch((const char *)g->packed + (b + 8) * q16_group_block_bytes(type),
+                         _MM_HINT_T0);
+        /* pairs of rows: hadd folds two rows' sums, then two pairs, into
+         * [r0 r1 r2 r3 | r0 r1 r2 r3] (low-half and high-half lanes) for rows 0-3 (q0) and
+         * 4-7 (q1) */
+        __m256i h[4], q0[4], q1[4];
+        for (int p = 0; p < CPU_PACK_ROWS / 2; p++) {
+            __m256i lo0, hi0, lo1, hi1;
+            q16_unpack(type, q16_values(type, g, 2 * p, b), &lo0, &hi0);
+            q16_unpack(type, q16_values(type, g, 2 * p + 1, b), &lo1, &hi1);
             for (int j = 0; j < NT; j++) {
-                const __m256i *q = (const __m256i *)(xq + (j * nb + b) * QK);
-                const float *ds = xds + 2 * (j * nb + b);
-                __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(q)),
-                                                _mm256_madd_epi16(w1, _mm256_loadu_si256(q + 1)));
-                __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(ds));
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i][j]);
-                if (type == DTYPE_Q4_1)
-                    acc[i][j] =
-                        _mm256_fmadd_ps(mw, _mm256_zextps128_ps256(_mm_load_ss(ds + 1)), acc[i][j]);
+                const int16_t *xj = xq + (j * nb + b) * QK;
+                __m256i hp = _mm256_hadd_epi32(q16_dot(lo0, hi0, xj), q16_dot(lo1, hi1, xj));
+                if (p % 2 == 0) h[j] = hp;
+                else if (p == 1) q0[j] = _mm256_hadd_epi32(h[j], hp);
+                else q1[j] = _mm256_hadd_epi32(h[j], hp);
+            }
+        }
+        __m256 d8 = q16_scales(type, g, b, 0), m8 = _mm256_setzero_ps();
+        if (type == DTYPE_Q4_1) m8 = q16_scales(type, g, b, 1);
+        for (int j = 0; j < NT; j++) {
+            __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(q0[j], q1[j], 0x20),
+                                            _mm256_permute2x128_si256(q0[j], q1[j], 0x31));
+            const float *ds = xds + 2 * (j * nb + b);
+            __m256 scale = _mm256_mul_ps(d8, _mm256_broadcast_ss(ds));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[j]);
+            if (type == DTYPE_Q4_1) acc[j] = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(ds + 1), acc[j]);
+        }
+    }
+    const int64_t valid = w->rows - r < CPU_PACK_ROWS ? w->rows - r : CPU_PACK_ROWS;
+    for (int j = 0; j < NT; j++) {
+        float *o = a->out + (int64_t)(t + j) * w->rows + r;
+        if (valid == CPU_PACK_ROWS) {
+            _mm256_storeu_ps(o, acc[j]);
+        } else {
+            float v[CPU_PACK_ROWS];
+            _mm256_storeu_ps(v, acc[j]);
+            memcpy(o, v, (size_t)valid * sizeof(float));
+        }
+    }
+}
+
+/* Rows [r0, r1), r0 a multiple of CPU_PACK_ROWS: token blocks of CPU_GEMM_TOKEN_BLOCK, in a
+ * block each group of rows against tiles of 4 tokens, then what is left. */
+INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, int64_t r0, int64_t r1) {
+    const kernel_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    for (int t0 = 0; t0 < a->n; t0 += CPU_GEMM_TOKEN_BLOCK) {
+        int t1 = a->n - t0 < CPU_GEMM_TOKEN_BLOCK ? a->n : t0 + CPU_GEMM_TOKEN_BLOCK;
+        for (int64_t r = r0; r < r1; r += CPU_PACK_ROWS) {
+            q16_group g = {0};
+            if (w->prepared) {
+                g.packed = (const uint8_t *)w->prepared +
+                           (size_t)(r / CPU_PACK_ROWS) * nb * q16_group_block_bytes(type);
+            } else {
+                for (int i = 0; i < CPU_PACK_ROWS; i++) /* rows past the end repeat the last */
+                    g.row[i] = (const uint8_t *)w->data +
+                               (r + i < w->rows ? r + i : w->rows - 1) * w->row_bytes;
+            }
+            int t = t0;
+            for (; t + 4 <= t1; t += 4) tile_q16(a, type, &g, r, t, 4);
+            switch (t1 - t) {
+                case 3:
+                    tile_q16(a, type, &g, r, t, 3);
+                    break;
+                case 2:
+                    tile_q16(a, type, &g, r, t, 2);
+                    break;
+                case 1:
+                    tile_q16(a, type, &g, r, t, 1);
+                    break;
             }
         }
     }
-    for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++) a->out[(t + j) * w->rows + r + i] = hsum8(acc[i][j]);
 }
-
-#define TILE_Q16_Q8_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q8_0, r, NR, t, NT)
-#define TILE_Q16_Q4_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_0, r, NR, t, NT)
-#define TILE_Q16_Q4_1(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_1, r, NR, t, NT)
 
 static void gemm_q16_q8_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q8_0, a, r0, r1);
+    gemm_q16_drive(a, DTYPE_Q8_0, r0, r1);
 }
 static void gemm_q16_q4_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q4_0, a, r0, r1);
+    gemm_q16_drive(a, DTYPE_Q4_0, r0, r1);
 }
 static void gemm_q16_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q4_1, a, r0, r1);
+    gemm_q16_drive(a, DTYPE_Q4_1, r0, r1);
 }
 
 #if defined(__clang__)
@@ -377,6 +466,7 @@ const cpu_simd_table cpu_simd_avx2 = {
             [DTYPE_Q4_0] = gemm_q16_q4_0,
             [DTYPE_Q4_1] = gemm_q16_q4_1,
         },
+    .q16_prepared = {[DTYPE_Q8_0] = true, [DTYPE_Q4_0] = true, [DTYPE_Q4_1] = true},
 };
 
 #endif /* CPU_SIMD_X86 */
