@@ -152,7 +152,8 @@ size_t cpu_pack_group_block_bytes(dtype type) {
     }
 }
 
-/* The layout cpu_simd.h describes. dst holds ceil(rows / 8) * nb group blocks. */
+/* The layout cpu_simd.h describes: per group block, the rows' values transposed by pairs of
+ * bytes, then the scales. dst holds ceil(rows / 8) * nb group blocks. */
 static void cpu_pack_weight(const kernel_weight *w, uint8_t *dst) {
     const int64_t nb = w->cols / QK, groups = (w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS;
     const size_t gb = cpu_pack_group_block_bytes(w->type), bb = dtype_block_bytes(w->type);
@@ -165,7 +166,8 @@ static void cpu_pack_weight(const kernel_weight *w, uint8_t *dst) {
             for (int i = 0; i < CPU_PACK_ROWS && g * CPU_PACK_ROWS + i < w->rows; i++) {
                 const uint8_t *blk = (const uint8_t *)w->data +
                                      (size_t)(g * CPU_PACK_ROWS + i) * w->row_bytes + b * bb;
-                memcpy(o + i * qb, blk + head, qb);
+                for (size_t c = 0; c < qb / 2; c++) /* pair c of row i: chunk c, lanes 2i, 2i+1 */
+                    memcpy(o + c * 2 * CPU_PACK_ROWS + 2 * i, blk + head + 2 * c, 2);
                 memcpy(o + CPU_PACK_ROWS * qb + 2 * i, blk, 2); /* d */
                 if (w->type == DTYPE_Q4_1)
                     memcpy(o + CPU_PACK_ROWS * (qb + 2) + 2 * i, blk + 2, 2); /* m */

@@ -265,121 +265,115 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
 
 /* ---- quantized weights x 16-bit activations ---- */
 
-/* Eight rows at a time (a group of CPU_PACK_ROWS), read from the prepared layout (cpu_simd.h)
- * or, with the same arithmetic, from the file's rows. The weights are widened to 16 bits and
- * madd does the products. Per block b and token t, each row's integer dot product isum
- * (exact in int32: |isum| <= 32 * 128 * 32767 < 2^31) is summed across its lanes for the 8
- * rows at once (a tree of hadds), so that one vector holds the group's 8 sums and the float
- * work is done once per 8 rows:
+/* Eight rows at a time (a group of CPU_PACK_ROWS), in the prepared layout (cpu_simd.h): a
+ * 16-byte chunk widened to 16 bits holds one pair of columns for the 8 rows, so madd against
+ * the token's pair of activations broadcast to every lane gives each row's two products
+ * summed, row i in lane i. Per block b and token t the lanes add up to each row's integer dot
+ * product isum (exact in int32: |isum| <= 32 * 128 * 32767 < 2^31), and the float work is one
+ * vector for the 8 rows:
  *   acc = fma(float(isum), d_w * d_x, acc)       lane i: row i
  *   acc = fma(m_w, s_x, acc)                     Q4_1 only (s_x: the block's F32 sum)
- * and lane i of acc is row i's output after the last block: no horizontal sum. A tile of NT
- * tokens does exactly that for each token, sharing the unpacked weights, so an output has the
- * same bits whatever the tile, the thread count, the batch, and whether the weight was
- * prepared. */
+ * Lane i of acc is row i's output after the last block: no horizontal sum. A tile of NT
+ * tokens does exactly that for each token, sharing the widened weights, so an output has the
+ * same bits whatever the tile, the thread count or the batch. Weights in the file's layout
+ * (not prepared) are transposed block by block into the same form first: same bits again. */
 
 typedef struct q16_group {
     const uint8_t *packed;             /* the group's block 0 in the prepared layout, or NULL */
     const uint8_t *row[CPU_PACK_ROWS]; /* else each row's block 0 in the file's layout */
 } q16_group;
 
-INLINE size_t q16_value_bytes(dtype type) {
-    return type == DTYPE_Q8_0 ? QK : QK / 2;
-}
-INLINE size_t q16_file_block_bytes(dtype type) {
-    return type == DTYPE_Q8_0 ? sizeof(block_q8_0)
-           : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
-                                : sizeof(block_q4_0);
+/* value chunks (pairs of columns) in a group block */
+INLINE int q16_chunks(dtype type) {
+    return type == DTYPE_Q8_0 ? QK / 2 : QK / 4;
 }
 /* cpu_pack_group_block_bytes, as a constant the compiler sees */
 INLINE size_t q16_group_block_bytes(dtype type) {
-    return CPU_PACK_ROWS * (q16_value_bytes(type) + (type == DTYPE_Q4_1 ? 4 : 2));
+    return 16 * (size_t)q16_chunks(type) + (type == DTYPE_Q4_1 ? 32 : 16);
 }
 
-/* Row i's values in block b. */
-INLINE const uint8_t *q16_values(dtype type, const q16_group *g, int i, int64_t b) {
-    if (g->packed)
-        return g->packed + b * q16_group_block_bytes(type) + i * q16_value_bytes(type);
-    return g->row[i] + b * q16_file_block_bytes(type) + (type == DTYPE_Q4_1 ? 4 : 2);
-}
-
-/* The 8 rows' d (k = 0) or Q4_1's m (k = 1) in block b, as floats. */
-INLINE __m256 q16_scales(dtype type, const q16_group *g, int64_t b, int k) {
-    __m128i h;
-    if (g->packed) {
-        h = _mm_loadu_si128((const __m128i *)(g->packed + b * q16_group_block_bytes(type) +
-                                              CPU_PACK_ROWS * q16_value_bytes(type) + 16 * k));
-    } else {
-        uint16_t v[CPU_PACK_ROWS];
-        for (int i = 0; i < CPU_PACK_ROWS; i++)
-            memcpy(&v[i], g->row[i] + b * q16_file_block_bytes(type) + 2 * k, 2);
-        h = _mm_loadu_si128((const __m128i *)v);
+/* Group block b from the file's rows, transposed as cpu_pack_weight does, into tmp. */
+INLINE const uint8_t *q16_transpose(dtype type, const q16_group *g, int64_t b, uint8_t *tmp) {
+    const size_t bb = type == DTYPE_Q8_0   ? sizeof(block_q8_0)
+                      : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
+                                           : sizeof(block_q4_0);
+    const int head = type == DTYPE_Q4_1 ? 4 : 2, nc = q16_chunks(type);
+    for (int i = 0; i < CPU_PACK_ROWS; i++) {
+        const uint8_t *blk = g->row[i] + b * bb;
+        for (int c = 0; c < nc; c++) memcpy(tmp + 16 * c + 2 * i, blk + head + 2 * c, 2);
+        memcpy(tmp + 16 * nc + 2 * i, blk, 2);
+        if (type == DTYPE_Q4_1) memcpy(tmp + 16 * nc + 16 + 2 * i, blk + 2, 2);
     }
-    return _mm256_cvtph_ps(h);
+    return tmp;
 }
 
-/* A row's block as 16-bit integers, values 0-15 in *lo, 16-31 in *hi: Q8_0's bytes
- * sign-extended, Q4_0's nibbles less 8, Q4_1's nibbles. */
-INLINE void q16_unpack(dtype type, const uint8_t *q, __m256i *lo, __m256i *hi) {
-    if (type == DTYPE_Q8_0) {
-        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q));
-        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)));
-        return;
-    }
-    /* each byte zero-extended to 16 bits: its low nibble is the and, its high one the shift */
-    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
-    *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
-    *hi = _mm256_srli_epi16(v, 4);
-    if (type == DTYPE_Q4_0) {
-        *lo = _mm256_sub_epi16(*lo, _mm256_set1_epi16(8));
-        *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(8));
-    }
-}
-
-/* A row's block against a token's: 8 partial sums of the 32 products. */
-INLINE __m256i q16_dot(__m256i lo, __m256i hi, const int16_t *x) {
-    return _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)x)),
-                            _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 16))));
+/* The token's activations x[k], x[k + 1] in every 32-bit lane. */
+INLINE __m256i q16_pair(const int16_t *x) {
+    int32_t v;
+    memcpy(&v, x, 4);
+    return _mm256_set1_epi32(v);
 }
 
 /* The group's 8 rows (from row r) against NT tokens (from t), every block. */
-INLINE void tile_q16(const cpu_gemm_args *a, dtype type, const q16_group *g, int64_t r, int t,
-                     int NT) {
+INLINE void tile_q16(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g,
+                     int64_t r, int t, int NT) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
+    const int nc = q16_chunks(type);
+    const size_t gb = q16_group_block_bytes(type);
     const cpu_act_q16 *x = a->x;
     const int16_t *xq = x->qs + (int64_t)t * w->cols;
     const float *xds = x->ds + 2 * (int64_t)t * nb;
+    _Alignas(32) uint8_t tmp[16 * QK / 2 + 32];
     __m256 acc[4];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        if (g->packed)
-            _mm_prefetch((const char *)g->packed + (b + 8) * q16_group_block_bytes(type),
-                         _MM_HINT_T0);
-        /* pairs of rows: hadd folds two rows' sums, then two pairs, into
-         * [r0 r1 r2 r3 | r0 r1 r2 r3] (low-half and high-half lanes) for rows 0-3 (q0) and
-         * 4-7 (q1) */
-        __m256i h[4], q0[4], q1[4];
-        for (int p = 0; p < CPU_PACK_ROWS / 2; p++) {
-            __m256i lo0, hi0, lo1, hi1;
-            q16_unpack(type, q16_values(type, g, 2 * p, b), &lo0, &hi0);
-            q16_unpack(type, q16_values(type, g, 2 * p + 1, b), &lo1, &hi1);
-            for (int j = 0; j < NT; j++) {
-                const int16_t *xj = xq + (j * nb + b) * QK;
-                __m256i hp = _mm256_hadd_epi32(q16_dot(lo0, hi0, xj), q16_dot(lo1, hi1, xj));
-                if (p % 2 == 0) h[j] = hp;
-                else if (p == 1) q0[j] = _mm256_hadd_epi32(h[j], hp);
-                else q1[j] = _mm256_hadd_epi32(h[j], hp);
+        const uint8_t *gbk;
+        if (packed) {
+            gbk = g->packed + b * gb;
+            _mm_prefetch((const char *)gbk + 6 * gb, _MM_HINT_T0);
+            _mm_prefetch((const char *)gbk + 6 * gb + 64, _MM_HINT_T0);
+            if (gb > 128) _mm_prefetch((const char *)gbk + 6 * gb + 128, _MM_HINT_T0);
+            if (gb > 192) _mm_prefetch((const char *)gbk + 6 * gb + 192, _MM_HINT_T0);
+        } else {
+            gbk = q16_transpose(type, g, b, tmp);
+        }
+        __m256i isum[4];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        for (int c = 0; c < nc; c++) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(gbk + 16 * c));
+            if (type == DTYPE_Q8_0) {
+                const __m256i w0 = _mm256_cvtepi8_epi16(raw);
+                for (int j = 0; j < NT; j++) {
+                    const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(w0, q16_pair(xj)));
+                }
+            } else {
+                /* each byte zero-extended to 16 bits: low nibbles are columns 2c, 2c + 1, high
+                 * nibbles 16 + 2c, 16 + 2c + 1 */
+                const __m256i v = _mm256_cvtepu8_epi16(raw);
+                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
+                __m256i hi = _mm256_srli_epi16(v, 4);
+                if (type == DTYPE_Q4_0) {
+                    lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
+                    hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
+                }
+                for (int j = 0; j < NT; j++) {
+                    const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                    isum[j] = _mm256_add_epi32(
+                        isum[j], _mm256_add_epi32(_mm256_madd_epi16(lo, q16_pair(xj)),
+                                                  _mm256_madd_epi16(hi, q16_pair(xj + 16))));
+                }
             }
         }
-        __m256 d8 = q16_scales(type, g, b, 0), m8 = _mm256_setzero_ps();
-        if (type == DTYPE_Q4_1) m8 = q16_scales(type, g, b, 1);
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc)));
+        __m256 m8 = _mm256_setzero_ps();
+        if (type == DTYPE_Q4_1)
+            m8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc + 16)));
         for (int j = 0; j < NT; j++) {
-            __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(q0[j], q1[j], 0x20),
-                                            _mm256_permute2x128_si256(q0[j], q1[j], 0x31));
             const float *ds = xds + 2 * (j * nb + b);
             __m256 scale = _mm256_mul_ps(d8, _mm256_broadcast_ss(ds));
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[j]);
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), scale, acc[j]);
             if (type == DTYPE_Q4_1) acc[j] = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(ds + 1), acc[j]);
         }
     }
@@ -398,14 +392,15 @@ INLINE void tile_q16(const cpu_gemm_args *a, dtype type, const q16_group *g, int
 
 /* Rows [r0, r1), r0 a multiple of CPU_PACK_ROWS: token blocks of CPU_GEMM_TOKEN_BLOCK, in a
  * block each group of rows against tiles of 4 tokens, then what is left. */
-INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, int64_t r0, int64_t r1) {
+INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, bool packed, int64_t r0,
+                           int64_t r1) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     for (int t0 = 0; t0 < a->n; t0 += CPU_GEMM_TOKEN_BLOCK) {
         int t1 = a->n - t0 < CPU_GEMM_TOKEN_BLOCK ? a->n : t0 + CPU_GEMM_TOKEN_BLOCK;
         for (int64_t r = r0; r < r1; r += CPU_PACK_ROWS) {
             q16_group g = {0};
-            if (w->prepared) {
+            if (packed) {
                 g.packed = (const uint8_t *)w->prepared +
                            (size_t)(r / CPU_PACK_ROWS) * nb * q16_group_block_bytes(type);
             } else {
@@ -414,30 +409,34 @@ INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, int64_t r0, int64
                                (r + i < w->rows ? r + i : w->rows - 1) * w->row_bytes;
             }
             int t = t0;
-            for (; t + 4 <= t1; t += 4) tile_q16(a, type, &g, r, t, 4);
+            for (; t + 4 <= t1; t += 4) tile_q16(a, type, packed, &g, r, t, 4);
             switch (t1 - t) {
                 case 3:
-                    tile_q16(a, type, &g, r, t, 3);
+                    tile_q16(a, type, packed, &g, r, t, 3);
                     break;
                 case 2:
-                    tile_q16(a, type, &g, r, t, 2);
+                    tile_q16(a, type, packed, &g, r, t, 2);
                     break;
                 case 1:
-                    tile_q16(a, type, &g, r, t, 1);
+                    tile_q16(a, type, packed, &g, r, t, 1);
                     break;
             }
         }
     }
 }
 
+#define GEMM_Q16(type, a, r0, r1)                                                                  \
+    ((a)->w->prepared ? gemm_q16_drive(a, type, true, r0, r1)                                      \
+                      : gemm_q16_drive(a, type, false, r0, r1))
+
 static void gemm_q16_q8_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    gemm_q16_drive(a, DTYPE_Q8_0, r0, r1);
+    GEMM_Q16(DTYPE_Q8_0, a, r0, r1);
 }
 static void gemm_q16_q4_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    gemm_q16_drive(a, DTYPE_Q4_0, r0, r1);
+    GEMM_Q16(DTYPE_Q4_0, a, r0, r1);
 }
 static void gemm_q16_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    gemm_q16_drive(a, DTYPE_Q4_1, r0, r1);
+    GEMM_Q16(DTYPE_Q4_1, a, r0, r1);
 }
 
 #if defined(__clang__)
