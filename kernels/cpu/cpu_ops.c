@@ -448,7 +448,8 @@ static void cpu_attention_op(void *ctx, float *out, const float *q, const kernel
                              const kernel_attn_seq *seqs, int n_seqs, int n_heads, float scale,
                              int window) {
     cpu_ctx *c = ctx;
-    cpu_attention(c->pool, &c->attn, out, q, kv, seqs, n_seqs, n_heads, scale, window);
+    cpu_attention(c->pool, &c->attn, out, q, kv, seqs, n_seqs, n_heads, scale, window,
+                  c->simd->level != KERNEL_SIMD_SCALAR);
 }
 
 /* ---- creation ---- */
