@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "cpu_pool.h"
@@ -53,7 +54,13 @@ static void bw_copy(void *arg, int64_t b, int64_t e, int thread) {
 
 static void bench_bandwidth(cpu_pool *pool, int nt) {
     size_t words = COLD_BYTES / 8;
-    uint64_t *src = malloc(COLD_BYTES), *dst = malloc(COLD_BYTES);
+    /* 2 MiB pages, as the CPU backend's prepared weights */
+    uint64_t *src = aligned_alloc((size_t)2 << 20, COLD_BYTES);
+    uint64_t *dst = aligned_alloc((size_t)2 << 20, COLD_BYTES);
+#ifdef MADV_HUGEPAGE
+    madvise(src, COLD_BYTES, MADV_HUGEPAGE);
+    madvise(dst, COLD_BYTES, MADV_HUGEPAGE);
+#endif
     for (size_t i = 0; i < words; i++) src[i] = i, dst[i] = 0;
     bw_job j = {src, dst, {0}};
     int64_t grain = (int64_t)words / (4 * nt);
