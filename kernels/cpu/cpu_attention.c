@@ -222,7 +222,9 @@ attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch, const int HD
                 const float *qr = a->q + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * HD;
                 __m256 qv[NV_MAX];
                 for (int v = 0; v < NV; v++) qv[v] = _mm256_loadu_ps(qr + 8 * v);
-                /* scores, four keys at a time */
+                /* scores, four keys at a time; the block's max on the way (a padding lane
+                 * repeats a real key's score) */
+                __m128 vmax = _mm_set1_ps(-INFINITY);
                 for (int j = j_lo; j < j_hi; j += 4) {
                     const float *k0 = kb + (size_t)j * HD;
                     const float *k1 = j + 1 < j_hi ? k0 + HD : k0;
@@ -239,12 +241,18 @@ attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch, const int HD
                         d3 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k3 + 8 * v), d3);
                     }
                     __m128 s4 = _mm_mul_ps(attn_hsum4(d0, d1, d2, d3), _mm256_castps256_ps128(scale));
-                    float tmp4[4];
-                    _mm_storeu_ps(tmp4, s4);
-                    for (int e = 0; e < 4 && j + e < j_hi; e++) sc[j + e] = tmp4[e];
+                    vmax = _mm_max_ps(vmax, s4);
+                    if (j + 4 <= j_hi) {
+                        _mm_storeu_ps(sc + j, s4);
+                    } else {
+                        float tmp4[4];
+                        _mm_storeu_ps(tmp4, s4);
+                        memcpy(sc + j, tmp4, (size_t)(j_hi - j) * sizeof(float));
+                    }
                 }
-                float bmax = -INFINITY;
-                for (int j = j_lo; j < j_hi; j++) bmax = sc[j] > bmax ? sc[j] : bmax;
+                vmax = _mm_max_ps(vmax, _mm_movehl_ps(vmax, vmax));
+                vmax = _mm_max_ss(vmax, _mm_movehdup_ps(vmax));
+                float bmax = _mm_cvtss_f32(vmax);
                 float m_new = m[r] > bmax ? m[r] : bmax;
                 float corr = expf(m[r] - m_new); /* 0 on the first block (m = -inf) */
                 /* p = exp(s - m_new) in place, eight at a time (lanes past j_hi unused) */
