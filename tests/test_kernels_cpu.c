@@ -404,7 +404,7 @@ static void test_matmul(void) {
     } shapes[] = {
         {1, 32, 1},     {7, 64, 3},      {33, 96, 17},   {1, 576, 3}, {576, 576, 1},
         {576, 1536, 3}, {1536, 576, 17}, {33, 1536, 70}, /* 70: past one 64-token block */
-        {49, 576, 6},   {1000, 64, 1},   /* groups of 8 rows: a short last one */
+        {49, 576, 6},   {1000, 64, 1},                   /* groups of 8 rows: a short last one */
         {7, 37, 3},     {5, 40, 2},      {3, 15, 1},     /* float types only: odd widths */
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)

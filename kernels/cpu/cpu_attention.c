@@ -184,8 +184,10 @@ attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch, const int HD
     int lo = 0, hi = a->n_seqs - 1;
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (a->tile_start[mid] <= item) lo = mid;
-        else hi = mid - 1;
+        if (a->tile_start[mid] <= item)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     const kernel_attn_seq *s = &a->seqs[lo];
     const kernel_kv_layer *kv = a->kv;
@@ -240,7 +242,8 @@ attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch, const int HD
                         d2 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k2 + 8 * v), d2);
                         d3 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k3 + 8 * v), d3);
                     }
-                    __m128 s4 = _mm_mul_ps(attn_hsum4(d0, d1, d2, d3), _mm256_castps256_ps128(scale));
+                    __m128 s4 =
+                        _mm_mul_ps(attn_hsum4(d0, d1, d2, d3), _mm256_castps256_ps128(scale));
                     vmax = _mm_max_ps(vmax, s4);
                     if (j + 4 <= j_hi) {
                         _mm_storeu_ps(sc + j, s4);

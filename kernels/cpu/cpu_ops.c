@@ -207,8 +207,8 @@ static cinder_status cpu_prepare_weight(void *ctx, kernel_weight *w, cinder_erro
     if (w->prepared || c->act != KERNEL_ACT_ACCURATE || !c->simd->q16_prepared[w->type])
         return CINDER_OK;
     CN_ASSERT(w->cols % QK == 0 && w->row_bytes == dtype_row_bytes(w->type, w->cols));
-    size_t bytes = (size_t)((w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS) * (size_t)(w->cols / QK) *
-                   cpu_pack_group_block_bytes(w->type);
+    size_t bytes = (size_t)((w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS) *
+                   (size_t)(w->cols / QK) * cpu_pack_group_block_bytes(w->type);
     uint8_t *p = cpu_pack_alloc(c, bytes);
     if (!p)
         return cinder_error_set(err, CINDER_ERR_NOMEM,

@@ -69,8 +69,8 @@ typedef void (*cpu_quantize_q16_fn)(const float *x, int16_t *qs, float *ds, int6
  *   Q8_0: chunk p (16 of them): row i's values 2p, 2p + 1;      then d[8] fp16    272 bytes
  *   Q4_0, Q4_1: chunk c (8 of them): row i's file bytes 2c, 2c + 1, whose low nibbles are
  *         values 2c, 2c + 1 and high nibbles values 16 + 2c, 16 + 2c + 1;
- *                                                    then d[8] fp16 (Q4_1: then m[8]) 144, 160 bytes
- * as many bytes as the file's blocks, read as one stream. With it a madd against a broadcast
+ *                                                    then d[8] fp16 (Q4_1: then m[8]) 144, 160
+ * bytes as many bytes as the file's blocks, read as one stream. With it a madd against a broadcast
  * pair of activations gives 8 rows' partial sums in 8 lanes: no horizontal sums.
  * cpu_pack_weight (cpu_ops.c) makes it. */
 #define CPU_PACK_ROWS 8

@@ -278,8 +278,6 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
  * same bits whatever the tile, the thread count or the batch. Weights in the file's layout
  * (not prepared) are transposed block by block into the same form first: same bits again. */
 
-
-
 /* Group blocks prefetched ahead (4-6 KB): a cold Q4_1 GEMV on one core streams at ~12 GB/s
  * with 6, ~15-16 with 16 to 96 (bench_kernels, AMD EPYC). Past the group's end it is the next
  * group: the prepared layout is one stream. */
@@ -321,8 +319,8 @@ INLINE __m256i q16_pair(const int16_t *x) {
 }
 
 /* The group's 8 rows (from row r) against NT tokens (from t), every block. */
-INLINE void tile_q16(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g,
-                     int64_t r, int t, int NT) {
+INLINE void tile_q16(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g, int64_t r,
+                     int t, int NT) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const int nc = q16_chunks(type);
@@ -339,8 +337,10 @@ INLINE void tile_q16(const cpu_gemm_args *a, dtype type, bool packed, const q16_
             gbk = g->packed + b * gb;
             _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb, _MM_HINT_T0);
             _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 64, _MM_HINT_T0);
-            if (gb > 128) _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 128, _MM_HINT_T0);
-            if (gb > 192) _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 192, _MM_HINT_T0);
+            if (gb > 128)
+                _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 128, _MM_HINT_T0);
+            if (gb > 192)
+                _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 192, _MM_HINT_T0);
         } else {
             gbk = q16_transpose(type, g, b, tmp);
         }
@@ -380,7 +380,8 @@ INLINE void tile_q16(const cpu_gemm_args *a, dtype type, bool packed, const q16_
             const float *ds = xds + 2 * (j * nb + b);
             __m256 scale = _mm256_mul_ps(d8, _mm256_broadcast_ss(ds));
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), scale, acc[j]);
-            if (type == DTYPE_Q4_1) acc[j] = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(ds + 1), acc[j]);
+            if (type == DTYPE_Q4_1)
+                acc[j] = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(ds + 1), acc[j]);
         }
     }
     const int64_t valid = w->rows - r < CPU_PACK_ROWS ? w->rows - r : CPU_PACK_ROWS;
