@@ -66,11 +66,11 @@ typedef void (*cpu_quantize_q16_fn)(const float *x, int16_t *qs, float *ds, int6
  * A group block holds the 8 rows' values transposed by pairs, so that one 16-byte chunk
  * widened to 16-bit lanes holds the same pair of columns for each of the 8 rows (lanes 2i,
  * 2i + 1: row i), then the 8 rows' scales:
- *   Q8_0: chunk p (16 of them): row i's values 2p, 2p + 1;      then d[8] fp16    272 bytes
- *   Q4_0, Q4_1: chunk c (8 of them): row i's file bytes 2c, 2c + 1, whose low nibbles are
- *         values 2c, 2c + 1 and high nibbles values 16 + 2c, 16 + 2c + 1;
- *                                                    then d[8] fp16 (Q4_1: then m[8]) 144, 160
- * bytes as many bytes as the file's blocks, read as one stream. With it a madd against a broadcast
+ *   Q8_0: 16 chunks, chunk p: row i's values 2p, 2p + 1; then d[8] fp16 (272 bytes)
+ *   Q4_0, Q4_1: 8 chunks, chunk c: row i's file bytes 2c, 2c + 1, whose low nibbles are values
+ *         2c, 2c + 1 and high nibbles 16 + 2c, 16 + 2c + 1; then d[8] fp16, for Q4_1 then
+ *         m[8] fp16 (144, 160 bytes)
+ * as many bytes as the file's blocks, read as one stream. With it a madd against a broadcast
  * pair of activations gives 8 rows' partial sums in 8 lanes: no horizontal sums.
  * cpu_pack_weight (cpu_ops.c) makes it. */
 #define CPU_PACK_ROWS 8
