@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "cpu_pool.h"
@@ -53,7 +54,13 @@ static void bw_copy(void *arg, int64_t b, int64_t e, int thread) {
 
 static void bench_bandwidth(cpu_pool *pool, int nt) {
     size_t words = COLD_BYTES / 8;
-    uint64_t *src = malloc(COLD_BYTES), *dst = malloc(COLD_BYTES);
+    /* 2 MiB pages, as the CPU backend's prepared weights */
+    uint64_t *src = aligned_alloc((size_t)2 << 20, COLD_BYTES);
+    uint64_t *dst = aligned_alloc((size_t)2 << 20, COLD_BYTES);
+#ifdef MADV_HUGEPAGE
+    madvise(src, COLD_BYTES, MADV_HUGEPAGE);
+    madvise(dst, COLD_BYTES, MADV_HUGEPAGE);
+#endif
     for (size_t i = 0; i < words; i++) src[i] = i, dst[i] = 0;
     bw_job j = {src, dst, {0}};
     int64_t grain = (int64_t)words / (4 * nt);
@@ -113,19 +120,24 @@ static void bench_matmul(kernel_ops *const *k, int n_k, dtype type, int64_t rows
     fill_weight(type, data, mat * copies);
     float *x = malloc((size_t)n * cols * sizeof *x), *out = malloc((size_t)n * rows * sizeof *out);
     for (int64_t i = 0; i < n * cols; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
-    kernel_weight w = {type, rows, cols, data, row_bytes};
+    /* each copy as the engine sees it: prepared by the backend where it has its own layout */
+    kernel_weight *ws[2];
     double best[2] = {1e9, 1e9};
     for (int b = 0; b < n_k; b++) {
+        ws[b] = malloc(copies * sizeof *ws[b]);
+        for (int c = 0; c < copies; c++) {
+            ws[b][c] = (kernel_weight){type, rows, cols, data + (size_t)c * mat, row_bytes, NULL};
+            kernel_prepare_weight(k[b], &ws[b][c], NULL);
+        }
         kernel_reserve(k[b], n, cols, NULL);
-        kernel_matmul(k[b], out, x, &w, n); /* warm up: pool, scratch, page faults of the copy */
+        kernel_matmul(k[b], out, x, &ws[b][0], n); /* warm up: pool, scratch, page faults */
     }
     for (int rep = 0; rep < 5; rep++)
         for (int b = 0; b < n_k; b++) {
             int iters = 0;
             double t0 = now_s(), t;
             do {
-                w.data = data + (size_t)(iters % copies) * mat;
-                kernel_matmul(k[b], out, x, &w, n);
+                kernel_matmul(k[b], out, x, &ws[b][iters % copies], n);
                 iters++;
                 t = now_s() - t0;
             } while (t < 0.05 || iters < copies);
@@ -146,6 +158,7 @@ static void bench_matmul(kernel_ops *const *k, int n_k, dtype type, int64_t rows
     }
     if (n_k == 2) printf("  x%.2f", best[1] / best[0]);
     printf("\n");
+    for (int b = 0; b < n_k; b++) free(ws[b]);
     free(data);
     free(x);
     free(out);

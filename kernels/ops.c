@@ -21,7 +21,7 @@ cinder_status kernel_weight_from_tensor(const model_tensor *t, kernel_weight *w,
     if ((uint64_t)rows * row_bytes != t->nbytes)
         return cinder_error_set(err, CINDER_ERR_ARG, "%s: %zu bytes for %lld rows of %zu bytes",
                                 t->name, t->nbytes, (long long)rows, row_bytes);
-    *w = (kernel_weight){t->type, rows, cols, t->data, row_bytes};
+    *w = (kernel_weight){t->type, rows, cols, t->data, row_bytes, NULL};
     return CINDER_OK;
 }
 

@@ -49,6 +49,10 @@ typedef struct kernel_weight {
     int64_t rows, cols;
     const void *data;
     size_t row_bytes; /* dtype_row_bytes(type, cols) for a dense tensor */
+    /* The backend's own copy in a layout of its own, made by kernel_prepare_weight (NULL:
+     * none; only that backend reads it; data above stays valid and unchanged). Take views of
+     * row ranges before preparing, never of a prepared weight. */
+    const void *prepared;
 } kernel_weight;
 
 /* A view of a 1-D or 2-D tensor as a weight (a 1-D tensor is one row; a 3-D one is seen as
@@ -142,6 +146,16 @@ struct kernel_ops {
     /* Whether matmul and embed accept weights of this type. */
     bool (*supports)(void *ctx, dtype type);
 
+    /* Optional (NULL: nothing to prepare). Called once per weight at load (kernel_prepare_weight;
+     * twice is harmless), before any op reads it. The backend places the weight where and how
+     * its ops read it, owned by the backend until destroy:
+     *   CUDA: copies it to the device and repoints w->data;
+     *   CPU:  may copy it into a layout its kernels read faster (rows interleaved in groups,
+     *         for the 16-bit activation path) and record it in w->prepared; w->data stays.
+     * Results are the same bits with or without it. CINDER_ERR_NOMEM when the copy cannot be
+     * made. */
+    cinder_status (*prepare_weight)(void *ctx, kernel_weight *w, cinder_error *err);
+
     /* out[i, :] = dequantized table row ids[i].  out [n, table->cols], ids [n] in
      * [0, table->rows). Any dtype. */
     void (*embed)(void *ctx, float *out, const kernel_weight *table, const int32_t *ids, int n);
@@ -210,10 +224,6 @@ struct kernel_ops {
     void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
     /* Waits until every op issued so far has finished. */
     void (*sync)(void *ctx);
-    /* Called once per weight at load: places w's data where the ops read it (CUDA: copies
-     * it to the device, owned by the backend until destroy) and repoints w->data. NULL: the
-     * data is read in place. */
-    cinder_status (*prepare_weight)(void *ctx, kernel_weight *w, cinder_error *err);
     /* Free and total backend memory in bytes (NULL: unknown). */
     cinder_status (*mem_info)(void *ctx, size_t *free_bytes, size_t *total_bytes,
                               cinder_error *err);

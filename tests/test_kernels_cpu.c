@@ -76,7 +76,7 @@ static void weight_make(test_weight *tw, dtype type, int64_t rows, int64_t cols)
         }
         dtype_to_f32(type, row, tw->deq + r * cols, cols);
     }
-    tw->w = (kernel_weight){type, rows, cols, tw->data, row_bytes};
+    tw->w = (kernel_weight){type, rows, cols, tw->data, row_bytes, NULL};
 }
 
 static void weight_free(test_weight *tw) {
@@ -342,6 +342,27 @@ static void check_matmul(dtype type, int64_t rows, int64_t cols, int n) {
             bad_batch += memcmp(alone, out[l][a][0] + (n - 1) * rows, rows * sizeof *alone) != 0;
         }
     free(alone);
+    /* a prepared weight (the backend's own layout, where it has one) gives the same bits */
+    int bad_prepared = 0;
+    float *prep_out = malloc(out_n * sizeof *prep_out);
+    for (int l = 0; l < n_levels; l++)
+        for (int a = 0; a < n_acts; a++)
+            for (int i = 0; i < 3; i++) {
+                kernel_weight pw = tw.w;
+                cinder_error err = {0};
+                CHECK_MSG(kernel_prepare_weight(levels[l].acts[a][i], &pw, &err) == CINDER_OK, "%s",
+                          err.msg);
+                kernel_matmul(levels[l].acts[a][i], prep_out, x, &pw, n);
+                if (memcmp(prep_out, out[l][a][i], out_n * sizeof(float)) != 0 &&
+                    bad_prepared++ < 5)
+                    fprintf(stderr, "%s %s %s [%lld x %lld] n=%d, %d threads: prepared weight %s\n",
+                            levels[l].name, act_name[a], dtype_name(type), (long long)rows,
+                            (long long)cols, n, thread_counts[i],
+                            pw.prepared ? "differs" : "(not prepared) differs");
+            }
+    free(prep_out);
+    CHECK_MSG(bad_prepared == 0, "%s [%lld x %lld] n=%d: prepared and file layouts differ",
+              dtype_name(type), (long long)rows, (long long)cols, n);
     CHECK_MSG(bad_batch == 0, "%s [%lld x %lld] n=%d: a token alone differs from in the batch",
               dtype_name(type), (long long)rows, (long long)cols, n);
     CHECK_MSG(bad_quant == 0, "%s [%lld x %lld] n=%d vs the quantized-activation reference",
@@ -383,6 +404,7 @@ static void test_matmul(void) {
     } shapes[] = {
         {1, 32, 1},     {7, 64, 3},      {33, 96, 17},   {1, 576, 3}, {576, 576, 1},
         {576, 1536, 3}, {1536, 576, 17}, {33, 1536, 70}, /* 70: past one 64-token block */
+        {49, 576, 6},   {1000, 64, 1},                   /* groups of 8 rows: a short last one */
         {7, 37, 3},     {5, 40, 2},      {3, 15, 1},     /* float types only: odd widths */
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)

@@ -130,7 +130,8 @@ static cinder_status engine_weight(engine *e, const model *m, const char *name, 
         w->data = f;
         w->row_bytes = (size_t)w->cols * sizeof(float);
     }
-    /* Where the ops read it: in place on the CPU, a device copy on CUDA. */
+    /* Where and how the ops read it: in place (or also in the CPU kernels' own layout), or a
+     * device copy on CUDA. A tied LM head is the embedding's view, prepared with it. */
     s = kernel_prepare_weight(e->k, w, err);
     if (s) {
         cinder_error_prefix(err, "'%s'", name);
@@ -248,6 +249,7 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
         if (engine_norm(e, m, name, &L->ffn_norm, err)) goto fail;
     }
+
 
     /* RoPE frequencies. */
     float *inv_freq = engine_own(e, (size_t)c->rope_dim / 2);
@@ -420,7 +422,7 @@ static void engine_forward(void *arg) {
     }
     if (p->n_rows == 0) return;
     /* The rows that get logits: a gather, as an embedding lookup in x seen as an F32 table. */
-    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
+    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float), NULL};
     kernel_embed(k, e->rows, &xs, p->rows, p->n_rows);
     kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, p->n_rows, d, c->norm_eps);
     kernel_matmul(k, p->logits, e->rows, &e->output, p->n_rows);
@@ -486,7 +488,7 @@ cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *
     ps.n_rows = 0;
     engine_forward(&ps);
     size_t vocab = (size_t)c->vocab_size;
-    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float)};
+    kernel_weight xs = {DTYPE_F32, n, d, e->x, (size_t)d * sizeof(float), NULL};
     kernel_embed(k, e->rows, &xs, ps.rows, n_rows);
     kernel_rmsnorm(k, e->rows, e->rows, e->output_norm, n_rows, d, c->norm_eps);
     for (int r0 = 0; r0 < n_rows; r0 += e->logit_rows) {

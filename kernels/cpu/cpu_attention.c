@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_exp.h"
 #include "log.h"
 
 /* Rows (query heads x queries) an item handles at once. */
@@ -64,6 +65,7 @@ typedef struct attn_args {
     const int32_t *tile_start;
     float *scratch;
     size_t per_thread;
+    bool avx2; /* attn_item_avx2 for head_dim 64 and 128 */
 } attn_args;
 
 /* q.k over hd values with 8 partial sums (vectorizes; the order is fixed). */
@@ -156,15 +158,180 @@ static void attn_item(const attn_args *a, int64_t item, float *scratch) {
         }
 }
 
+#if defined(__x86_64__)
+/* The same item in AVX2 for a head dim HD of 64 or 128 (a row's output lives in registers
+ * while a block's keys go by), with exp as a polynomial (cpu_exp.h). Each row's arithmetic
+ * depends only on its own query and the keys it sees, never on the other rows of the tile:
+ * scores four keys at a time (a key past the last is a copy of it, its score dropped), the
+ * four dot products reduced by one fixed tree; then exp, the block's sum and the V update in
+ * key order. */
+#define ATTN_TARGET __attribute__((target("avx2,fma")))
+
+/* [dot(a0), dot(a1), dot(a2), dot(a3)] from four 8-lane partial sums */
+ATTN_TARGET static inline __attribute__((always_inline)) __m128 attn_hsum4(__m256 a0, __m256 a1,
+                                                                           __m256 a2, __m256 a3) {
+    __m256 u0 = _mm256_add_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+    __m256 u1 = _mm256_add_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+    __m256 w = _mm256_add_ps(_mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm_add_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
+}
+
+ATTN_TARGET static inline __attribute__((always_inline)) void
+attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch, const int HD) {
+    enum { NV_MAX = 16 };
+    const int NV = HD / 8;
+    int lo = 0, hi = a->n_seqs - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (a->tile_start[mid] <= item)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const kernel_attn_seq *s = &a->seqs[lo];
+    const kernel_kv_layer *kv = a->kv;
+    int bs = kv->block_size, nkv = kv->n_kv_heads, g = a->group;
+    int64_t local = item - a->tile_start[lo];
+    int n_tiles = (s->n_q + a->q_tile - 1) / a->q_tile;
+    int h = (int)(local / n_tiles), tile = (int)(local % n_tiles);
+    int t0 = tile * a->q_tile, t1 = t0 + a->q_tile < s->n_q ? t0 + a->q_tile : s->n_q;
+    int rows = (t1 - t0) * g;
+    int32_t first_pos = s->n_ctx - s->n_q;
+
+    float *acc = scratch, *m = acc + (size_t)rows * HD, *l = m + rows, *sc = l + rows;
+    for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
+    memset(acc, 0, (size_t)rows * HD * sizeof(float));
+    const __m256 scale = _mm256_set1_ps(a->scale);
+
+    int32_t hi_pos = first_pos + t1 - 1;
+    int32_t lo_pos = a->window > 0 ? first_pos + t0 - a->window + 1 : 0;
+    if (lo_pos < 0) lo_pos = 0;
+    for (int32_t b = lo_pos / bs; b <= hi_pos / bs; b++) {
+        int32_t blk = s->block_table[b];
+        const float *kb = kv->k + ((size_t)blk * nkv + h) * bs * HD;
+        const float *vb = kv->v + ((size_t)blk * nkv + h) * bs * HD;
+        int32_t p0 = b * bs;
+        int j_end = hi_pos - p0 + 1 < bs ? hi_pos - p0 + 1 : bs;
+        for (int t = t0; t < t1; t++) {
+            int32_t qpos = first_pos + t;
+            int j_hi = qpos - p0 + 1 < j_end ? qpos - p0 + 1 : j_end;
+            int j_lo = a->window > 0 ? qpos - a->window + 1 - p0 : 0;
+            if (j_lo < 0) j_lo = 0;
+            if (j_hi <= j_lo) continue;
+            for (int gi = 0; gi < g; gi++) {
+                int r = (t - t0) * g + gi;
+                const float *qr = a->q + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * HD;
+                __m256 qv[NV_MAX];
+                for (int v = 0; v < NV; v++) qv[v] = _mm256_loadu_ps(qr + 8 * v);
+                /* scores, four keys at a time; the block's max on the way (a padding lane
+                 * repeats a real key's score) */
+                __m128 vmax = _mm_set1_ps(-INFINITY);
+                for (int j = j_lo; j < j_hi; j += 4) {
+                    const float *k0 = kb + (size_t)j * HD;
+                    const float *k1 = j + 1 < j_hi ? k0 + HD : k0;
+                    const float *k2 = j + 2 < j_hi ? k0 + 2 * HD : k0;
+                    const float *k3 = j + 3 < j_hi ? k0 + 3 * HD : k0;
+                    __m256 d0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0));
+                    __m256 d1 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k1));
+                    __m256 d2 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k2));
+                    __m256 d3 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k3));
+                    for (int v = 1; v < NV; v++) {
+                        d0 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k0 + 8 * v), d0);
+                        d1 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k1 + 8 * v), d1);
+                        d2 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k2 + 8 * v), d2);
+                        d3 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k3 + 8 * v), d3);
+                    }
+                    __m128 s4 =
+                        _mm_mul_ps(attn_hsum4(d0, d1, d2, d3), _mm256_castps256_ps128(scale));
+                    vmax = _mm_max_ps(vmax, s4);
+                    if (j + 4 <= j_hi) {
+                        _mm_storeu_ps(sc + j, s4);
+                    } else {
+                        float tmp4[4];
+                        _mm_storeu_ps(tmp4, s4);
+                        memcpy(sc + j, tmp4, (size_t)(j_hi - j) * sizeof(float));
+                    }
+                }
+                vmax = _mm_max_ps(vmax, _mm_movehl_ps(vmax, vmax));
+                vmax = _mm_max_ss(vmax, _mm_movehdup_ps(vmax));
+                float bmax = _mm_cvtss_f32(vmax);
+                float m_new = m[r] > bmax ? m[r] : bmax;
+                float corr = expf(m[r] - m_new); /* 0 on the first block (m = -inf) */
+                /* p = exp(s - m_new) in place, eight at a time (lanes past j_hi unused) */
+                __m256 mv = _mm256_set1_ps(m_new);
+                for (int j = j_lo; j < j_hi; j += 8) {
+                    __m256 x;
+                    if (j + 8 <= j_hi) {
+                        x = _mm256_loadu_ps(sc + j);
+                    } else {
+                        float tmp8[8] = {0};
+                        memcpy(tmp8, sc + j, (size_t)(j_hi - j) * sizeof(float));
+                        x = _mm256_loadu_ps(tmp8);
+                    }
+                    __m256 p = cpu_exp_avx2(_mm256_sub_ps(x, mv));
+                    if (j + 8 <= j_hi) {
+                        _mm256_storeu_ps(sc + j, p);
+                    } else {
+                        float tmp8[8];
+                        _mm256_storeu_ps(tmp8, p);
+                        memcpy(sc + j, tmp8, (size_t)(j_hi - j) * sizeof(float));
+                    }
+                }
+                float *ar = acc + (size_t)r * HD;
+                __m256 av[NV_MAX];
+                const __m256 cv = _mm256_set1_ps(corr);
+                for (int v = 0; v < NV; v++) av[v] = _mm256_mul_ps(_mm256_loadu_ps(ar + 8 * v), cv);
+                float sum = 0;
+                for (int j = j_lo; j < j_hi; j++) {
+                    sum += sc[j];
+                    const __m256 pv = _mm256_set1_ps(sc[j]);
+                    const float *vr = vb + (size_t)j * HD;
+                    for (int v = 0; v < NV; v++)
+                        av[v] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * v), av[v]);
+                }
+                for (int v = 0; v < NV; v++) _mm256_storeu_ps(ar + 8 * v, av[v]);
+                l[r] = l[r] * corr + sum;
+                m[r] = m_new;
+            }
+        }
+    }
+    for (int t = t0; t < t1; t++)
+        for (int gi = 0; gi < g; gi++) {
+            int r = (t - t0) * g + gi;
+            float *o = a->out + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * HD;
+            float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
+            for (int i = 0; i < HD; i++) o[i] = acc[(size_t)r * HD + i] * inv;
+        }
+}
+
+ATTN_TARGET static void attn_item_avx2_64(const attn_args *a, int64_t item, float *scratch) {
+    attn_item_avx2_hd(a, item, scratch, 64);
+}
+ATTN_TARGET static void attn_item_avx2_128(const attn_args *a, int64_t item, float *scratch) {
+    attn_item_avx2_hd(a, item, scratch, 128);
+}
+#endif
+
 static void attn_items(void *arg, int64_t i0, int64_t i1, int thread) {
     const attn_args *a = arg;
     float *scratch = a->scratch + (size_t)thread * a->per_thread;
+#if defined(__x86_64__)
+    if (a->avx2 && a->kv->head_dim == 64) {
+        for (int64_t i = i0; i < i1; i++) attn_item_avx2_64(a, i, scratch);
+        return;
+    }
+    if (a->avx2 && a->kv->head_dim == 128) {
+        for (int64_t i = i0; i < i1; i++) attn_item_avx2_128(a, i, scratch);
+        return;
+    }
+#endif
     for (int64_t i = i0; i < i1; i++) attn_item(a, i, scratch);
 }
 
 void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scr, float *out, const float *q,
                    const kernel_kv_layer *kv, const kernel_attn_seq *seqs, int n_seqs,
-                   int n_heads, float scale, int window) {
+                   int n_heads, float scale, int window, bool avx2) {
     CN_ASSERT(n_seqs > 0 && kv->n_kv_heads > 0 && n_heads % kv->n_kv_heads == 0);
     int g = n_heads / kv->n_kv_heads, hd = kv->head_dim, bs = kv->block_size;
     int q_tile = CPU_ATTN_ROWS / g > 1 ? CPU_ATTN_ROWS / g : 1;
@@ -195,7 +362,7 @@ void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scr, float *out, const floa
     }
     scr->tile_start[n_seqs] = (int32_t)items;
     attn_args a = {out, q, kv, seqs, n_seqs, n_heads, g, q_tile, window, scale,
-                   scr->tile_start, scr->buf, scr->per_thread};
+                   scr->tile_start, scr->buf, scr->per_thread, avx2};
     if (items == 1 || n_threads == 1) attn_items(&a, 0, items, 0);
     else cpu_pool_run(pool, attn_items, &a, items, 1);
 }

@@ -18,8 +18,9 @@ void cpu_attn_scratch_free(cpu_attn_scratch *s);
 void cpu_kv_write(cpu_pool *pool, const kernel_kv_layer *kv, const float *k, const float *v,
                   const int32_t *slots, int n);
 
+/* avx2: the AVX2 kernel where the head dim has one (64, 128), else portable C. */
 void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scratch, float *out, const float *q,
                    const kernel_kv_layer *kv, const kernel_attn_seq *seqs, int n_seqs,
-                   int n_heads, float scale, int window);
+                   int n_heads, float scale, int window, bool avx2);
 
 #endif

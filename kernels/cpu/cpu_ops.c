@@ -9,8 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cpu_attention.h"
+#include "cpu_exp.h"
 #include "cpu_pool.h"
 #include "cpu_simd.h"
 #include "log.h"
@@ -35,7 +37,15 @@ typedef struct cpu_ctx {
     cpu_act_q16 q16;
     size_t act_cap;
     cpu_attn_scratch attn;
+    /* Prepared weights: carved from chunks of CPU_PACK_CHUNK bytes (huge-page aligned and
+     * advised), a larger weight in a chunk of its own. */
+    void **chunks;
+    int n_chunks;
+    size_t chunk_used, chunk_size; /* of the last chunk */
 } cpu_ctx;
+
+#define CPU_PACK_CHUNK ((size_t)32 << 20)
+#define CPU_HUGE_PAGE  ((size_t)2 << 20)
 
 /* ---- SIMD level ---- */
 
@@ -126,6 +136,87 @@ static cinder_status cpu_reserve(void *ctx, int max_tokens, int64_t max_cols, ci
 
 static bool cpu_supports(void *ctx, dtype type) {
     return (unsigned)type < DTYPE_COUNT;
+}
+
+/* ---- prepared weights ---- */
+
+size_t cpu_pack_group_block_bytes(dtype type) {
+    switch (type) {
+        case DTYPE_Q8_0:
+            return CPU_PACK_ROWS * (QK + 2);
+        case DTYPE_Q4_0:
+            return CPU_PACK_ROWS * (QK / 2 + 2);
+        case DTYPE_Q4_1:
+            return CPU_PACK_ROWS * (QK / 2 + 4);
+        default:
+            return 0;
+    }
+}
+
+/* The layout cpu_simd.h describes: per group block, the rows' values transposed by pairs of
+ * bytes, then the scales. dst holds ceil(rows / 8) * nb group blocks. */
+static void cpu_pack_weight(const kernel_weight *w, uint8_t *dst) {
+    const int64_t nb = w->cols / QK, groups = (w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS;
+    const size_t gb = cpu_pack_group_block_bytes(w->type), bb = dtype_block_bytes(w->type);
+    const size_t qb = w->type == DTYPE_Q8_0 ? QK : QK / 2; /* value bytes of a row's block */
+    const size_t head = w->type == DTYPE_Q4_1 ? 4 : 2;     /* scale bytes before them */
+    memset(dst, 0, (size_t)groups * nb * gb);
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = dst + ((size_t)g * nb + b) * gb;
+            for (int i = 0; i < CPU_PACK_ROWS && g * CPU_PACK_ROWS + i < w->rows; i++) {
+                const uint8_t *blk = (const uint8_t *)w->data +
+                                     (size_t)(g * CPU_PACK_ROWS + i) * w->row_bytes + b * bb;
+                for (size_t c = 0; c < qb / 2; c++) /* pair c of row i: chunk c, lanes 2i, 2i+1 */
+                    memcpy(o + c * 2 * CPU_PACK_ROWS + 2 * i, blk + head + 2 * c, 2);
+                memcpy(o + CPU_PACK_ROWS * qb + 2 * i, blk, 2); /* d */
+                if (w->type == DTYPE_Q4_1)
+                    memcpy(o + CPU_PACK_ROWS * (qb + 2) + 2 * i, blk + 2, 2); /* m */
+            }
+        }
+}
+
+/* bytes of prepared-weight memory, 64-byte aligned, kept until the backend goes */
+static void *cpu_pack_alloc(cpu_ctx *c, size_t bytes) {
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (c->n_chunks == 0 || c->chunk_used + bytes > c->chunk_size) {
+        size_t size = bytes > CPU_PACK_CHUNK ? (bytes + CPU_HUGE_PAGE - 1) & ~(CPU_HUGE_PAGE - 1)
+                                             : CPU_PACK_CHUNK;
+        void **list = realloc(c->chunks, (size_t)(c->n_chunks + 1) * sizeof *list);
+        if (!list) return NULL;
+        c->chunks = list;
+        void *p = aligned_alloc(CPU_HUGE_PAGE, size);
+        if (!p) return NULL;
+#ifdef MADV_HUGEPAGE
+        /* decode streams every weight once per token: 2 MiB pages spare the TLB a miss every
+         * 4 KiB (a hint; without transparent huge pages nothing changes) */
+        madvise(p, size, MADV_HUGEPAGE);
+#endif
+        c->chunks[c->n_chunks++] = p;
+        c->chunk_used = 0;
+        c->chunk_size = size;
+    }
+    void *p = (uint8_t *)c->chunks[c->n_chunks - 1] + c->chunk_used;
+    c->chunk_used += bytes;
+    return p;
+}
+
+static cinder_status cpu_prepare_weight(void *ctx, kernel_weight *w, cinder_error *err) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT((unsigned)w->type < DTYPE_COUNT);
+    if (w->prepared || c->act != KERNEL_ACT_ACCURATE || !c->simd->q16_prepared[w->type])
+        return CINDER_OK;
+    CN_ASSERT(w->cols % QK == 0 && w->row_bytes == dtype_row_bytes(w->type, w->cols));
+    size_t bytes = (size_t)((w->rows + CPU_PACK_ROWS - 1) / CPU_PACK_ROWS) *
+                   (size_t)(w->cols / QK) * cpu_pack_group_block_bytes(w->type);
+    uint8_t *p = cpu_pack_alloc(c, bytes);
+    if (!p)
+        return cinder_error_set(err, CINDER_ERR_NOMEM,
+                                "out of memory preparing a %lld x %lld %s weight (%zu bytes)",
+                                (long long)w->rows, (long long)w->cols, dtype_name(w->type), bytes);
+    cpu_pack_weight(w, p);
+    w->prepared = p;
+    return CINDER_OK;
 }
 
 /* ---- embed ---- */
@@ -275,10 +366,11 @@ static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weigh
         }
     }
     /* Ranges of rows: about 4 per thread to even out uneven threads, but at least 16 rows
-     * (even, for the 2- and 4-row tiles), so a range's weights are worth a pool hand-off. */
+     * (a multiple of the 8-row groups of the 16-bit tiles), so a range's weights are worth a
+     * pool hand-off. */
     int nt = cpu_pool_n_threads(c->pool);
     int64_t grain = (w->rows + 4 * nt - 1) / (4 * nt);
-    grain = grain < 16 ? 16 : (grain + 3) & ~(int64_t)3;
+    grain = grain < 16 ? 16 : (grain + CPU_PACK_ROWS - 1) & ~(int64_t)(CPU_PACK_ROWS - 1);
     cpu_pool_run(c->pool, gemm_rows, &j, w->rows, grain);
 }
 
@@ -287,20 +379,44 @@ static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weigh
 typedef struct swiglu_job {
     float *out;
     const float *gate, *up;
+    bool avx2;
 } swiglu_job;
+
+/* silu(g) * u = g / (1 + exp(-g)) * u, exp from cpu_exp.h: the AVX2 and plain loops give the
+ * same bits. */
+#ifdef CPU_SIMD_X86
+__attribute__((target("avx2,fma"))) static void swiglu_avx2(float *out, const float *gate,
+                                                            const float *up, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = cpu_exp_avx2(_mm256_xor_ps(g, sign)); /* exp(-g) */
+        __m256 y = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i));
+        _mm256_storeu_ps(out + i, y);
+    }
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + cpu_exp_scalar(-gate[i])) * up[i];
+}
+#endif
 
 static void swiglu_range(void *arg, int64_t i0, int64_t i1, int thread) {
     const swiglu_job *j = arg;
+#ifdef CPU_SIMD_X86
+    if (j->avx2) {
+        swiglu_avx2(j->out + i0, j->gate + i0, j->up + i0, i1 - i0);
+        return;
+    }
+#endif
     for (int64_t i = i0; i < i1; i++) {
         float g = j->gate[i];
-        j->out[i] = g / (1.0f + expf(-g)) * j->up[i];
+        j->out[i] = g / (1.0f + cpu_exp_scalar(-g)) * j->up[i];
     }
 }
 
 static void cpu_swiglu(void *ctx, float *out, const float *gate, const float *up, int n, int f) {
     cpu_ctx *c = ctx;
     CN_ASSERT(n >= 0 && f >= 0);
-    swiglu_job j = {out, gate, up};
+    swiglu_job j = {out, gate, up, c->simd->level != KERNEL_SIMD_SCALAR};
     cpu_pool_run(c->pool, swiglu_range, &j, (int64_t)n * f, CPU_PARALLEL_MIN);
 }
 
@@ -357,7 +473,8 @@ static void cpu_attention_op(void *ctx, float *out, const float *q, const kernel
                              const kernel_attn_seq *seqs, int n_seqs, int n_heads, float scale,
                              int window) {
     cpu_ctx *c = ctx;
-    cpu_attention(c->pool, &c->attn, out, q, kv, seqs, n_seqs, n_heads, scale, window);
+    cpu_attention(c->pool, &c->attn, out, q, kv, seqs, n_seqs, n_heads, scale, window,
+                  c->simd->level != KERNEL_SIMD_SCALAR);
 }
 
 /* ---- creation ---- */
@@ -370,6 +487,8 @@ static void cpu_destroy(kernel_ops *ops) {
     free(c->q8);
     free(c->q16.qs);
     free(c->q16.ds);
+    for (int i = 0; i < c->n_chunks; i++) free(c->chunks[i]);
+    free(c->chunks);
     free(c);
 }
 
@@ -396,6 +515,7 @@ kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table,
         .ctx = c,
         .reserve = cpu_reserve,
         .supports = cpu_supports,
+        .prepare_weight = cpu_prepare_weight,
         .embed = cpu_embed,
         .rmsnorm = cpu_rmsnorm,
         .rope = cpu_rope,

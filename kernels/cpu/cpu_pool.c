@@ -1,9 +1,13 @@
 /* cpu_pool.c - the persistent thread pool behind every CPU op.
  *
- * A job is published by writing its fields and then bumping `gen` (release); workers watch
- * `gen` (acquire), take ranges from the atomic `next`, and count themselves out through
- * `pending`. The caller waits for `pending` to reach zero before it returns, so job fields are
- * never rewritten while a worker may still read them. */
+ * A job is published by writing its fields, then `next` = (generation << 32 | 0), then
+ * bumping `gen` (release). Workers watch `gen` (acquire) and claim ranges by compare-and-swap
+ * on `next`, which fails once the generation in it is not the one they woke for: a worker
+ * that wakes late (descheduled on a busy machine) finds nothing to do and touches nothing.
+ * The caller counts finished ranges (`done`), not workers: it never waits for a worker that
+ * took no range, so an op costs one timeslice of a preempted worker only when that worker
+ * holds a range. A job's fields are not rewritten until all its ranges are done, and a range
+ * can only be claimed while its job is current, so a claimed range always reads its own job. */
 #include "cpu_pool.h"
 
 #include <errno.h>
@@ -33,8 +37,8 @@ struct cpu_pool {
     pthread_cond_t wake;
     _Atomic unsigned gen;   /* bumped once per job */
     _Atomic int n_sleeping; /* workers in (or entering) pthread_cond_wait */
-    _Atomic int pending;    /* workers not done with the current job */
-    _Atomic int64_t next;   /* next range to hand out */
+    _Atomic uint64_t next;  /* the current job's generation << 32 | next range to hand out */
+    _Atomic int64_t done;   /* ranges of the current job finished */
     _Atomic bool stop;
     /* the current job, written by the caller before gen is bumped */
     cpu_pool_fn fn;
@@ -59,12 +63,19 @@ static int64_t pool_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void pool_work(cpu_pool *p, int thread) {
+/* Runs ranges of job `gen` until none is left (or another job is current). */
+static void pool_work(cpu_pool *p, unsigned gen, int thread) {
     for (;;) {
-        int64_t r = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (r >= p->n_ranges) return;
-        int64_t begin = r * p->grain, end = begin + p->grain;
+        uint64_t v = atomic_load_explicit(&p->next, memory_order_acquire);
+        do {
+            /* n_ranges may already be a later job's here: the CAS then fails, as next has
+             * changed, and the generation check returns */
+            if ((unsigned)(v >> 32) != gen || (int64_t)(v & 0xffffffffu) >= p->n_ranges) return;
+        } while (!atomic_compare_exchange_weak_explicit(&p->next, &v, v + 1, memory_order_acq_rel,
+                                                        memory_order_acquire));
+        int64_t begin = (int64_t)(v & 0xffffffffu) * p->grain, end = begin + p->grain;
         p->fn(p->arg, begin, end < p->n ? end : p->n, thread);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
 
@@ -105,8 +116,7 @@ static void *pool_worker_main(void *argp) {
     for (;;) {
         seen = pool_wait_job(p, seen);
         if (atomic_load(&p->stop)) return NULL;
-        pool_work(p, a.thread);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        pool_work(p, seen, a.thread);
     }
 }
 
@@ -174,21 +184,24 @@ void cpu_pool_run(cpu_pool *p, cpu_pool_fn fn, void *arg, int64_t n, int64_t gra
         for (int64_t b = 0; b < n; b += grain) fn(arg, b, b + grain < n ? b + grain : n, 0);
         return;
     }
+    CN_ASSERT(n_ranges <= 0xffffffffu);
+    unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1; /* only we write it */
     p->fn = fn;
     p->arg = arg;
     p->n = n;
     p->grain = grain;
     p->n_ranges = n_ranges;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
-    atomic_fetch_add(&p->gen, 1); /* seq_cst: publishes the job, then n_sleeping is read */
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->next, (uint64_t)gen << 32, memory_order_release);
+    atomic_store(&p->gen, gen); /* seq_cst: publishes the job, then n_sleeping is read */
     if (atomic_load(&p->n_sleeping) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mu);
     }
-    pool_work(p, 0);
-    for (int64_t spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+    pool_work(p, gen, 0);
+    for (int64_t spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_ranges;
+         spins++) {
         if (spins < POOL_PAUSE_SPINS)
             pool_pause();
         else

@@ -61,6 +61,23 @@ typedef void (*cpu_quantize_fn)(const float *x, cpu_block_q8 *y, int64_t k);
  * (l < 2), s = p[0] + p[1]. */
 typedef void (*cpu_quantize_q16_fn)(const float *x, int16_t *qs, float *ds, int64_t k);
 
+/* Prepared weights (kernel_prepare_weight) for the 16-bit path: rows in groups of
+ * CPU_PACK_ROWS (the last group padded with zero rows), a group's blocks one after the other.
+ * A group block holds the 8 rows' values transposed by pairs, so that one 16-byte chunk
+ * widened to 16-bit lanes holds the same pair of columns for each of the 8 rows (lanes 2i,
+ * 2i + 1: row i), then the 8 rows' scales:
+ *   Q8_0: 16 chunks, chunk p: row i's values 2p, 2p + 1; then d[8] fp16 (272 bytes)
+ *   Q4_0, Q4_1: 8 chunks, chunk c: row i's file bytes 2c, 2c + 1, whose low nibbles are values
+ *         2c, 2c + 1 and high nibbles 16 + 2c, 16 + 2c + 1; then d[8] fp16, for Q4_1 then
+ *         m[8] fp16 (144, 160 bytes)
+ * as many bytes as the file's blocks, read as one stream. With it a madd against a broadcast
+ * pair of activations gives 8 rows' partial sums in 8 lanes: no horizontal sums.
+ * cpu_pack_weight (cpu_ops.c) makes it. */
+#define CPU_PACK_ROWS 8
+
+/* Bytes of one group block, 0 for a type without the prepared layout. */
+size_t cpu_pack_group_block_bytes(dtype type);
+
 typedef struct cpu_simd_table {
     const char *name; /* "cpu-avx2" */
     kernel_simd level;
@@ -68,6 +85,10 @@ typedef struct cpu_simd_table {
     cpu_gemm_fn gemm[DTYPE_COUNT]; /* one per weight type; quantized ones on cpu_block_q8 */
     cpu_quantize_q16_fn quantize_q16;
     cpu_gemm_fn gemm_q16[DTYPE_COUNT]; /* quantized weight types only, on cpu_act_q16 */
+    /* Whether gemm_q16 of a type also reads prepared weights (w->prepared, the same bits as
+     * from the file's layout): only then does the backend prepare weights of that type. Such
+     * a kernel needs r0 to be a multiple of CPU_PACK_ROWS. */
+    bool q16_prepared[DTYPE_COUNT];
 } cpu_simd_table;
 
 /* Tokens whose activations one pass over a range of weight rows reuses: their quantized

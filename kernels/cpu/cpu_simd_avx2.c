@@ -265,90 +265,185 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
 
 /* ---- quantized weights x 16-bit activations ---- */
 
-/* A block's 32 weights as 16-bit integers, values 0-15 in the low half, 16-31 in the high
- * one: Q8_0's bytes sign-extended, Q4_0's nibbles less 8, Q4_1's nibbles. */
-INLINE void load_wq_i16(dtype type, const uint8_t *blk, __m256i *lo, __m256i *hi) {
-    if (type == DTYPE_Q8_0) {
-        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
-        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
-        return;
-    }
-    /* each byte zero-extended to 16 bits: its low nibble is the and, its high one the shift */
-    __m256i v = _mm256_cvtepu8_epi16(
-        _mm_loadu_si128((const __m128i *)(blk + (type == DTYPE_Q4_1 ? 4 : 2))));
-    *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
-    *hi = _mm256_srli_epi16(v, 4);
-    if (type == DTYPE_Q4_0) {
-        *lo = _mm256_sub_epi16(*lo, _mm256_set1_epi16(8));
-        *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(8));
-    }
+/* Eight rows at a time (a group of CPU_PACK_ROWS), in the prepared layout (cpu_simd.h): a
+ * 16-byte chunk widened to 16 bits holds one pair of columns for the 8 rows, so madd against
+ * the token's pair of activations broadcast to every lane gives each row's two products
+ * summed, row i in lane i. Per block b and token t the lanes add up to each row's integer dot
+ * product isum (exact in int32: |isum| <= 32 * 128 * 32767 < 2^31), and the float work is one
+ * vector for the 8 rows:
+ *   acc = fma(float(isum), d_w * d_x, acc)       lane i: row i
+ *   acc = fma(m_w, s_x, acc)                     Q4_1 only (s_x: the block's F32 sum)
+ * Lane i of acc is row i's output after the last block: no horizontal sum. A tile of NT
+ * tokens does exactly that for each token, sharing the widened weights, so an output has the
+ * same bits whatever the tile, the thread count or the batch. Weights in the file's layout
+ * (not prepared) are transposed block by block into the same form first: same bits again. */
+
+/* Group blocks prefetched ahead (4-6 KB): a cold Q4_1 GEMV on one core streams at ~12 GB/s
+ * with 6, ~15-16 with 16 to 96 (bench_kernels, AMD EPYC). Past the group's end it is the next
+ * group: the prepared layout is one stream. */
+#define CPU_Q16_PREFETCH 32
+typedef struct q16_group {
+    const uint8_t *packed;             /* the group's block 0 in the prepared layout, or NULL */
+    const uint8_t *row[CPU_PACK_ROWS]; /* else each row's block 0 in the file's layout */
+} q16_group;
+
+/* value chunks (pairs of columns) in a group block */
+INLINE int q16_chunks(dtype type) {
+    return type == DTYPE_Q8_0 ? QK / 2 : QK / 4;
+}
+/* cpu_pack_group_block_bytes, as a constant the compiler sees */
+INLINE size_t q16_group_block_bytes(dtype type) {
+    return 16 * (size_t)q16_chunks(type) + (type == DTYPE_Q4_1 ? 32 : 16);
 }
 
-/* One tile of a quantized matmul on 16-bit activations. Per block b, row i, token j:
- *   acc += isum · (d_w·d_x)  [+ m_w · s_x in lane 0, Q4_1]
- * with isum the integer dot product by lanes: madd sums pairs of 16-bit products, the two
- * halves add up to four products per lane, |four| <= 4 · 128 · 32767 < 2^24, so even their
- * conversion to float is exact. */
-INLINE void tile_quant_q16(const cpu_gemm_args *a, dtype type, int64_t r, int NR, int t, int NT) {
-    const kernel_weight *w = a->w;
-    const int64_t nb = w->cols / QK;
+/* Group block b from the file's rows, transposed as cpu_pack_weight does, into tmp. */
+INLINE const uint8_t *q16_transpose(dtype type, const q16_group *g, int64_t b, uint8_t *tmp) {
     const size_t bb = type == DTYPE_Q8_0   ? sizeof(block_q8_0)
                       : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
                                            : sizeof(block_q4_0);
+    const int head = type == DTYPE_Q4_1 ? 4 : 2, nc = q16_chunks(type);
+    for (int i = 0; i < CPU_PACK_ROWS; i++) {
+        const uint8_t *blk = g->row[i] + b * bb;
+        for (int c = 0; c < nc; c++) memcpy(tmp + 16 * c + 2 * i, blk + head + 2 * c, 2);
+        memcpy(tmp + 16 * nc + 2 * i, blk, 2);
+        if (type == DTYPE_Q4_1) memcpy(tmp + 16 * nc + 16 + 2 * i, blk + 2, 2);
+    }
+    return tmp;
+}
+
+/* The token's activations x[k], x[k + 1] in every 32-bit lane. */
+INLINE __m256i q16_pair(const int16_t *x) {
+    int32_t v;
+    memcpy(&v, x, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* The group's 8 rows (from row r) against NT tokens (from t), every block. */
+INLINE void tile_q16(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g, int64_t r,
+                     int t, int NT) {
+    const kernel_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const int nc = q16_chunks(type);
+    const size_t gb = q16_group_block_bytes(type);
     const cpu_act_q16 *x = a->x;
     const int16_t *xq = x->qs + (int64_t)t * w->cols;
     const float *xds = x->ds + 2 * (int64_t)t * nb;
-    const uint8_t *row[4];
-    __m256 acc[4][4];
-    for (int i = 0; i < NR; i++) {
-        row[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
-        for (int j = 0; j < NT; j++) acc[i][j] = _mm256_setzero_ps();
-    }
+    _Alignas(32) uint8_t tmp[16 * QK / 2 + 32];
+    __m256 acc[4];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        for (int i = 0; i < NR; i++) {
-            const uint8_t *blk = row[i] + b * bb;
-            _mm_prefetch((const char *)blk + NR * w->row_bytes, _MM_HINT_T0);
-            __m256i w0, w1;
-            load_wq_i16(type, blk, &w0, &w1);
-            __m256 dw, mw = _mm256_setzero_ps();
-            if (type == DTYPE_Q4_1) {
-                uint32_t dm_bits;
-                memcpy(&dm_bits, blk, 4);
-                __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm_bits)); /* d, m */
-                dw = _mm256_broadcastss_ps(dm);
-                mw = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        const uint8_t *gbk;
+        if (packed) {
+            gbk = g->packed + b * gb;
+            _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb, _MM_HINT_T0);
+            _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 64, _MM_HINT_T0);
+            if (gb > 128)
+                _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 128, _MM_HINT_T0);
+            if (gb > 192)
+                _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + 192, _MM_HINT_T0);
+        } else {
+            gbk = q16_transpose(type, g, b, tmp);
+        }
+        __m256i isum[4];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        for (int c = 0; c < nc; c++) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(gbk + 16 * c));
+            if (type == DTYPE_Q8_0) {
+                const __m256i w0 = _mm256_cvtepi8_epi16(raw);
+                for (int j = 0; j < NT; j++) {
+                    const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(w0, q16_pair(xj)));
+                }
             } else {
-                dw = _mm256_set1_ps(load_f16(blk));
+                /* each byte zero-extended to 16 bits: low nibbles are columns 2c, 2c + 1, high
+                 * nibbles 16 + 2c, 16 + 2c + 1 */
+                const __m256i v = _mm256_cvtepu8_epi16(raw);
+                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
+                __m256i hi = _mm256_srli_epi16(v, 4);
+                if (type == DTYPE_Q4_0) {
+                    lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
+                    hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
+                }
+                for (int j = 0; j < NT; j++) {
+                    const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                    isum[j] = _mm256_add_epi32(
+                        isum[j], _mm256_add_epi32(_mm256_madd_epi16(lo, q16_pair(xj)),
+                                                  _mm256_madd_epi16(hi, q16_pair(xj + 16))));
+                }
             }
-            for (int j = 0; j < NT; j++) {
-                const __m256i *q = (const __m256i *)(xq + (j * nb + b) * QK);
-                const float *ds = xds + 2 * (j * nb + b);
-                __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(q)),
-                                                _mm256_madd_epi16(w1, _mm256_loadu_si256(q + 1)));
-                __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(ds));
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[i][j]);
-                if (type == DTYPE_Q4_1)
-                    acc[i][j] =
-                        _mm256_fmadd_ps(mw, _mm256_zextps128_ps256(_mm_load_ss(ds + 1)), acc[i][j]);
+        }
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc)));
+        __m256 m8 = _mm256_setzero_ps();
+        if (type == DTYPE_Q4_1)
+            m8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc + 16)));
+        for (int j = 0; j < NT; j++) {
+            const float *ds = xds + 2 * (j * nb + b);
+            __m256 scale = _mm256_mul_ps(d8, _mm256_broadcast_ss(ds));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), scale, acc[j]);
+            if (type == DTYPE_Q4_1)
+                acc[j] = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(ds + 1), acc[j]);
+        }
+    }
+    const int64_t valid = w->rows - r < CPU_PACK_ROWS ? w->rows - r : CPU_PACK_ROWS;
+    for (int j = 0; j < NT; j++) {
+        float *o = a->out + (int64_t)(t + j) * w->rows + r;
+        if (valid == CPU_PACK_ROWS) {
+            _mm256_storeu_ps(o, acc[j]);
+        } else {
+            float v[CPU_PACK_ROWS];
+            _mm256_storeu_ps(v, acc[j]);
+            memcpy(o, v, (size_t)valid * sizeof(float));
+        }
+    }
+}
+
+/* Rows [r0, r1), r0 a multiple of CPU_PACK_ROWS: token blocks of CPU_GEMM_TOKEN_BLOCK, in a
+ * block each group of rows against tiles of 4 tokens, then what is left. */
+INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, bool packed, int64_t r0,
+                           int64_t r1) {
+    const kernel_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    for (int t0 = 0; t0 < a->n; t0 += CPU_GEMM_TOKEN_BLOCK) {
+        int t1 = a->n - t0 < CPU_GEMM_TOKEN_BLOCK ? a->n : t0 + CPU_GEMM_TOKEN_BLOCK;
+        for (int64_t r = r0; r < r1; r += CPU_PACK_ROWS) {
+            q16_group g = {0};
+            if (packed) {
+                g.packed = (const uint8_t *)w->prepared +
+                           (size_t)(r / CPU_PACK_ROWS) * nb * q16_group_block_bytes(type);
+            } else {
+                for (int i = 0; i < CPU_PACK_ROWS; i++) /* rows past the end repeat the last */
+                    g.row[i] = (const uint8_t *)w->data +
+                               (r + i < w->rows ? r + i : w->rows - 1) * w->row_bytes;
+            }
+            int t = t0;
+            for (; t + 4 <= t1; t += 4) tile_q16(a, type, packed, &g, r, t, 4);
+            switch (t1 - t) {
+                case 3:
+                    tile_q16(a, type, packed, &g, r, t, 3);
+                    break;
+                case 2:
+                    tile_q16(a, type, packed, &g, r, t, 2);
+                    break;
+                case 1:
+                    tile_q16(a, type, packed, &g, r, t, 1);
+                    break;
             }
         }
     }
-    for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++) a->out[(t + j) * w->rows + r + i] = hsum8(acc[i][j]);
 }
 
-#define TILE_Q16_Q8_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q8_0, r, NR, t, NT)
-#define TILE_Q16_Q4_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_0, r, NR, t, NT)
-#define TILE_Q16_Q4_1(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_1, r, NR, t, NT)
+#define GEMM_Q16(type, a, r0, r1)                                                                  \
+    ((a)->w->prepared ? gemm_q16_drive(a, type, true, r0, r1)                                      \
+                      : gemm_q16_drive(a, type, false, r0, r1))
 
 static void gemm_q16_q8_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q8_0, a, r0, r1);
+    GEMM_Q16(DTYPE_Q8_0, a, r0, r1);
 }
 static void gemm_q16_q4_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q4_0, a, r0, r1);
+    GEMM_Q16(DTYPE_Q4_0, a, r0, r1);
 }
 static void gemm_q16_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q4_1, a, r0, r1);
+    GEMM_Q16(DTYPE_Q4_1, a, r0, r1);
 }
 
 #if defined(__clang__)
@@ -377,6 +472,7 @@ const cpu_simd_table cpu_simd_avx2 = {
             [DTYPE_Q4_0] = gemm_q16_q4_0,
             [DTYPE_Q4_1] = gemm_q16_q4_1,
         },
+    .q16_prepared = {[DTYPE_Q8_0] = true, [DTYPE_Q4_0] = true, [DTYPE_Q4_1] = true},
 };
 
 #endif /* CPU_SIMD_X86 */

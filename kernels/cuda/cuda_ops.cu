@@ -129,6 +129,7 @@ static void cu_sync(void *ctx) {
 
 static cinder_status cu_prepare_weight(void *ctx, kernel_weight *w, cinder_error *err) {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    if (w->prepared) return CINDER_OK; /* already on the device (w->data points there) */
     size_t bytes = (size_t)w->rows * w->row_bytes;
     if (c->n_weights == c->cap_weights) {
         int cap = c->cap_weights ? 2 * c->cap_weights : 64;
@@ -149,6 +150,7 @@ static cinder_status cu_prepare_weight(void *ctx, kernel_weight *w, cinder_error
     }
     c->weights[c->n_weights++] = d;
     w->data = d;
+    w->prepared = d;
     return CINDER_OK;
 }
 

@@ -94,7 +94,7 @@ static tw weight_make(dtype t, int64_t rows, int64_t cols) {
         dtype_from_f32(t, f, data + r * rb, cols);
     }
     free(f);
-    tw w = {{t, rows, cols, data, rb}, {t, rows, cols, data, rb}};
+    tw w = {{t, rows, cols, data, rb, NULL}, {t, rows, cols, data, rb, NULL}};
     cinder_error err;
     if (kernel_prepare_weight(gpu, &w.d, &err)) {
         fprintf(stderr, "prepare: %s\n", err.msg);
