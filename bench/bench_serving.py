@@ -33,15 +33,15 @@ def log_uniform(rng, lo, hi):
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
 
 
-def workload(n, rate, seed):
+def workload(n, rate, seed, prompt_max=256, output_max=256):
     rng = random.Random(seed)
     t = 0.0
     out = []
     for i in range(n):
         t += rng.expovariate(rate)
-        n_prompt = log_uniform(rng, 16, 256)
+        n_prompt = log_uniform(rng, 16, prompt_max)
         out.append(dict(arrival=t, prompt=[rng.randrange(1000, 40000) for _ in range(n_prompt)],
-                        max_tokens=log_uniform(rng, 16, 256)))
+                        max_tokens=log_uniform(rng, 16, output_max)))
     return out
 
 
@@ -118,12 +118,14 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mode", choices=["both", "continuous", "static"], default="both")
     ap.add_argument("--max-batch-tokens", type=int, default=512)
+    ap.add_argument("--prompt-max", type=int, default=256, help="longest prompt (log-uniform from 16)")
+    ap.add_argument("--output-max", type=int, default=256, help="longest output (log-uniform from 16)")
     a = ap.parse_args()
     why = skip_reason(a.model)
     if why:
         print(f"bench_serving: {why}")
         return 1
-    reqs = workload(a.requests, a.rate, a.seed)
+    reqs = workload(a.requests, a.rate, a.seed, a.prompt_max, a.output_max)
     n_prompt = sum(len(r["prompt"]) for r in reqs)
     n_out = sum(r["max_tokens"] for r in reqs)
     print(f"bench_serving: {a.requests} requests, Poisson {a.rate}/s, at most {a.concurrency} in "
