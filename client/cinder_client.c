@@ -11,6 +11,7 @@
 #include <zmq.h>
 
 #include "log.h"
+#include "wire.h"
 #include "protocol.h"
 
 struct cinder_client {
@@ -132,29 +133,19 @@ static cinder_status ccl_recv(cinder_client *c, int wait_ms, Cinder__Envelope **
             return cinder_error_set(err, CINDER_ERR_IO, "no answer from %s within %d ms",
                                     c->endpoint, wait_ms);
     }
-    zmq_msg_t msg;
-    zmq_msg_init(&msg);
-    if (zmq_msg_recv(&msg, c->sock, ZMQ_DONTWAIT) < 0) {
-        int e = errno;
-        zmq_msg_close(&msg);
-        return cinder_error_set(err, CINDER_ERR_IO, "zmq_msg_recv: %s", zmq_strerror(e));
+    wire_msg m;
+    cinder_status s = wire_recv(c->sock, false, &c->limits, &m, err);
+    if (s == CINDER_OK) {
+        *out = m.env;
+        m.env = NULL;
+    } else if (s == CINDER_ERR_FORMAT || s == CINDER_ERR_ARG || s == CINDER_ERR_RANGE ||
+               s == CINDER_ERR_UNSUPPORTED) {
+        cinder_error_prefix(err, "the coordinator sent a bad frame");
+    } else if (s == CINDER_ERR_NOT_FOUND) {
+        s = cinder_error_set(err, CINDER_ERR_IO, "zmq_msg_recv from %s: no message after poll",
+                             c->endpoint);
     }
-    bool more = zmq_msg_more(&msg);
-    cinder_status s = CINDER_OK;
-    if (more) {
-        s = cinder_error_set(err, CINDER_ERR_FORMAT,
-                             "the coordinator sent a message of several frames (one expected)");
-        while (more) { /* drop the rest of it */
-            zmq_msg_close(&msg);
-            zmq_msg_init(&msg);
-            if (zmq_msg_recv(&msg, c->sock, ZMQ_DONTWAIT) < 0) break;
-            more = zmq_msg_more(&msg);
-        }
-    } else {
-        s = proto_decode(zmq_msg_data(&msg), zmq_msg_size(&msg), &c->limits, out, err);
-        if (s != CINDER_OK) cinder_error_prefix(err, "the coordinator sent a bad frame");
-    }
-    zmq_msg_close(&msg);
+    wire_msg_clear(&m);
     return s;
 }
 

@@ -88,15 +88,6 @@ static void front_send(coord *co, conn *c, const Cinder__Envelope *env) {
     c->gone = true;
 }
 
-static void front_error(coord *co, const uint8_t *id, size_t id_len, const char *request_id,
-                        Cinder__ErrorCode code, const char *fmt, const char *detail) {
-    Cinder__Envelope *env = proto_error_reply(request_id, code, fmt, detail);
-    if (!env) return;
-    cinder_error err = {0};
-    wire_send(co->clients, id, id_len, env, &err);
-    proto_envelope_free(env);
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Output */
 
@@ -206,8 +197,10 @@ bool front_on_token(coord *co, request *r, int32_t token, float logprob, bool ha
 
 void front_finish(coord *co, request *r, Cinder__FinishReason reason, const char *msg) {
     CN_ASSERT(r->step_tokens == 0);
-    if (r->state == REQ_WAITING) sched_dequeue(co, r);
-    else sched_detach(co, r);
+    if (r->state == REQ_WAITING)
+        sched_dequeue(co, r);
+    else
+        sched_detach(co, r);
     /* What the decoder and the stop matcher still hold. */
     if (!r->text_stopped) {
         char piece[16];
@@ -443,7 +436,8 @@ static void front_on_generate(coord *co, conn *c, const uint8_t *id, size_t id_l
     }
     if (!q->ignore_eos)
         for (int i = 0; i < co->n_eos_ids; i++) r->stop_ids[r->n_stop_ids++] = co->eos_ids[i];
-    for (size_t i = 0; i < q->n_stop_token_ids; i++) r->stop_ids[r->n_stop_ids++] = q->stop_token_ids[i];
+    for (size_t i = 0; i < q->n_stop_token_ids; i++)
+        r->stop_ids[r->n_stop_ids++] = q->stop_token_ids[i];
     snprintf(r->id, sizeof r->id, "%s", rid);
     r->c = c;
     r->seq_id = ++co->next_seq_id;
@@ -469,7 +463,7 @@ refuse:
     free(ids);
     request_free(r);
     LOG_DEBUG("request refused: %s", why);
-    front_error(co, id, id_len, rid, code, "%s", why);
+    wire_send_error(co->clients, id, id_len, rid, code, "%s", why);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -610,16 +604,17 @@ static void front_on_models(coord *co, conn *c) {
 void front_on_message(coord *co, wire_msg *m) {
     conn *c = conn_get(co, m->identity, m->identity_len);
     if (!c) {
-        front_error(co, m->identity, m->identity_len, NULL,
-                    CINDER__ERROR_CODE__ERROR_CODE_INTERNAL, "%s", "out of memory");
+        wire_send_error(co->clients, m->identity, m->identity_len, NULL,
+                        CINDER__ERROR_CODE__ERROR_CODE_INTERNAL, "%s", "out of memory");
         return;
     }
     c->last_seen_us = wire_now_us();
     const Cinder__Envelope *env = m->env;
     if (env->body_case == CINDER__ENVELOPE__BODY_HELLO) {
         if (env->hello->role != CINDER__ROLE__ROLE_CLIENT) {
-            front_error(co, c->id, c->id_len, NULL, CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT,
-                        "%s", "hello.role: this is the client endpoint; workers use --control");
+            wire_send_error(co->clients, c->id, c->id_len, NULL,
+                            CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "%s",
+                            "hello.role: this is the client endpoint; workers use --control");
             return;
         }
         c->hello = true;
@@ -632,9 +627,9 @@ void front_on_message(coord *co, wire_msg *m) {
         return;
     }
     if (!c->hello) {
-        front_error(co, c->id, c->id_len, proto_envelope_request_id(env),
-                    CINDER__ERROR_CODE__ERROR_CODE_MALFORMED, "%s",
-                    "a connection opens with Hello first (docs/protocol.md)");
+        wire_send_error(co->clients, c->id, c->id_len, proto_envelope_request_id(env),
+                        CINDER__ERROR_CODE__ERROR_CODE_MALFORMED, "%s",
+                        "a connection opens with Hello first (docs/protocol.md)");
         return;
     }
     switch (env->body_case) {
@@ -644,9 +639,9 @@ void front_on_message(coord *co, wire_msg *m) {
         case CINDER__ENVELOPE__BODY_CANCEL: {
             request *r = request_find(co, c, env->cancel->request_id);
             if (!r || r->pending_finish) {
-                front_error(co, c->id, c->id_len, env->cancel->request_id,
-                            CINDER__ERROR_CODE__ERROR_CODE_NOT_FOUND, "%s",
-                            "cancel: no request with this id is in flight on this connection");
+                wire_send_error(co->clients, c->id, c->id_len, env->cancel->request_id,
+                                CINDER__ERROR_CODE__ERROR_CODE_NOT_FOUND, "%s",
+                                "cancel: no request with this id is in flight on this connection");
                 break;
             }
             front_end_request(co, r, CINDER__FINISH_REASON__FINISH_REASON_CANCELLED,
@@ -660,13 +655,16 @@ void front_on_message(coord *co, wire_msg *m) {
             front_status_free(&reply);
             break;
         }
-        case CINDER__ENVELOPE__BODY_MODELS_REQUEST: front_on_models(co, c); break;
+        case CINDER__ENVELOPE__BODY_MODELS_REQUEST:
+            front_on_models(co, c);
+            break;
         case CINDER__ENVELOPE__BODY_ERROR:
             LOG_INFO("a client reports: %s", env->error->message);
             break;
         default:
-            front_error(co, c->id, c->id_len, NULL, CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED,
-                        "%s is not accepted on the client endpoint", proto_body_name(env->body_case));
+            wire_send_error(
+                co->clients, c->id, c->id_len, NULL, CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED,
+                "%s is not accepted on the client endpoint", proto_body_name(env->body_case));
             break;
     }
 }

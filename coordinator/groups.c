@@ -33,15 +33,6 @@ static group *group_of(coord *co, const uint8_t *id, size_t len, int *rank) {
     return NULL;
 }
 
-static void worker_error(coord *co, const uint8_t *id, size_t len, Cinder__ErrorCode code,
-                         const char *fmt, const char *detail) {
-    Cinder__Envelope *env = proto_error_reply(NULL, code, fmt, detail);
-    if (!env) return;
-    cinder_error err = {0};
-    wire_send(co->workers, id, len, env, &err);
-    proto_envelope_free(env);
-}
-
 void groups_send(coord *co, group *g, const Cinder__Envelope *env) {
     for (int r = 0; r < g->world_size; r++) {
         if (!g->ranks[r].registered) continue;
@@ -107,11 +98,11 @@ static void send_plan(coord *co, group *g) {
 
 static void on_register(coord *co, const wire_msg *m, const Cinder__Register *reg) {
     if (reg->world_size > 1) {
-        worker_error(co, m->identity, m->identity_len, CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED,
-                     "%s",
-                     "register_rank.world_size > 1: groups of several ranks need tensor "
-                     "parallelism, which this coordinator does not plan yet; start each worker "
-                     "group with mpirun -np 1");
+        wire_send_error(co->workers, m->identity, m->identity_len, NULL,
+                        CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED, "%s",
+                        "register_rank.world_size > 1: groups of several ranks need tensor "
+                        "parallelism, which this coordinator does not plan yet; start each worker "
+                        "group with mpirun -np 1");
         return;
     }
     group *g = group_find(co, reg->group);
@@ -119,17 +110,16 @@ static void on_register(coord *co, const wire_msg *m, const Cinder__Register *re
         char why[200];
         snprintf(why, sizeof why, "register_rank.world_size %d: group %d has %d ranks",
                  reg->world_size, g->id, g->world_size);
-        worker_error(co, m->identity, m->identity_len,
-                     CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "%s", why);
+        wire_send_error(co->workers, m->identity, m->identity_len, NULL,
+                        CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "%s", why);
         return;
     }
-    if (g && g->ranks[reg->rank].registered &&
-        g->state != CINDER__GROUP_STATE__GROUP_STATE_LOST) {
+    if (g && g->ranks[reg->rank].registered && g->state != CINDER__GROUP_STATE__GROUP_STATE_LOST) {
         char why[200];
         snprintf(why, sizeof why, "group %d rank %d is already registered and alive", g->id,
                  reg->rank);
-        worker_error(co, m->identity, m->identity_len, CINDER__ERROR_CODE__ERROR_CODE_DUPLICATE,
-                     "%s", why);
+        wire_send_error(co->workers, m->identity, m->identity_len, NULL,
+                        CINDER__ERROR_CODE__ERROR_CODE_DUPLICATE, "%s", why);
         return;
     }
     if (!g) {
@@ -222,9 +212,9 @@ void groups_on_message(coord *co, wire_msg *m) {
     switch (env->body_case) {
         case CINDER__ENVELOPE__BODY_HELLO: {
             if (env->hello->role != CINDER__ROLE__ROLE_WORKER) {
-                worker_error(co, m->identity, m->identity_len,
-                             CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "%s",
-                             "hello.role: this is the worker endpoint; clients use --listen");
+                wire_send_error(co->workers, m->identity, m->identity_len, NULL,
+                                CINDER__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "%s",
+                                "hello.role: this is the worker endpoint; clients use --listen");
                 return;
             }
             Cinder__Hello h;
@@ -236,29 +226,38 @@ void groups_on_message(coord *co, wire_msg *m) {
             wire_send(co->workers, m->identity, m->identity_len, &reply, &err);
             return;
         }
-        case CINDER__ENVELOPE__BODY_REGISTER_RANK: on_register(co, m, env->register_rank); return;
+        case CINDER__ENVELOPE__BODY_REGISTER_RANK:
+            on_register(co, m, env->register_rank);
+            return;
         case CINDER__ENVELOPE__BODY_ERROR:
             LOG_WARN("a worker reports: %s", env->error->message);
             return;
-        default: break;
+        default:
+            break;
     }
     if (!g) {
-        worker_error(co, m->identity, m->identity_len, CINDER__ERROR_CODE__ERROR_CODE_MALFORMED,
-                     "%s is refused before Hello and Register", proto_body_name(env->body_case));
+        wire_send_error(co->workers, m->identity, m->identity_len, NULL,
+                        CINDER__ERROR_CODE__ERROR_CODE_MALFORMED,
+                        "%s is refused before Hello and Register", proto_body_name(env->body_case));
         return;
     }
     switch (env->body_case) {
-        case CINDER__ENVELOPE__BODY_READY: on_ready(co, g, rank, env->ready); break;
-        case CINDER__ENVELOPE__BODY_HEARTBEAT: break;
+        case CINDER__ENVELOPE__BODY_READY:
+            on_ready(co, g, rank, env->ready);
+            break;
+        case CINDER__ENVELOPE__BODY_HEARTBEAT:
+            break;
         case CINDER__ENVELOPE__BODY_STEP_RESULT:
-            if (rank != 0) LOG_WARN("group %d: a step result from rank %d ignored", g->id, rank);
-            else sched_on_result(co, g, env->step_result);
+            if (rank != 0)
+                LOG_WARN("group %d: a step result from rank %d ignored", g->id, rank);
+            else
+                sched_on_result(co, g, env->step_result);
             break;
         default:
-            worker_error(co, m->identity, m->identity_len,
-                         CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED,
-                         "%s is not accepted on the worker endpoint",
-                         proto_body_name(env->body_case));
+            wire_send_error(co->workers, m->identity, m->identity_len, NULL,
+                            CINDER__ERROR_CODE__ERROR_CODE_UNSUPPORTED,
+                            "%s is not accepted on the worker endpoint",
+                            proto_body_name(env->body_case));
             break;
     }
 }

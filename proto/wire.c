@@ -2,6 +2,8 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,11 +94,24 @@ cinder_status wire_send(void *sock, const uint8_t *identity, size_t identity_len
     free(buf);
     if (rc >= 0) return CINDER_OK;
     int e = zmq_errno();
-    if (e == EHOSTUNREACH)
-        return cinder_error_set(err, CINDER_ERR_NOT_FOUND, "the peer is gone");
+    if (e == EHOSTUNREACH) return cinder_error_set(err, CINDER_ERR_NOT_FOUND, "the peer is gone");
     if (e == EAGAIN)
         return cinder_error_set(err, CINDER_ERR_RANGE, "the peer does not read (send queue full)");
     return cinder_error_set(err, CINDER_ERR_IO, "zmq_send: %s", zmq_strerror(e));
+}
+
+void wire_send_error(void *sock, const uint8_t *identity, size_t identity_len,
+                     const char *request_id, Cinder__ErrorCode code, const char *fmt, ...) {
+    char msg[PROTO_MAX_MESSAGE_BYTES + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Cinder__Envelope *env = proto_error_reply(request_id, code, "%s", msg);
+    if (!env) return;
+    cinder_error ignored = {0};
+    wire_send(sock, identity, identity_len, env, &ignored);
+    proto_envelope_free(env);
 }
 
 void wire_send_refusal(void *sock, const wire_msg *m, const proto_limits *limits,
@@ -106,9 +121,9 @@ void wire_send_refusal(void *sock, const wire_msg *m, const proto_limits *limits
     bool was_error = peek && peek->body_case == CINDER__ENVELOPE__BODY_ERROR;
     if (peek) cinder__envelope__free_unpacked(peek, NULL);
     if (was_error) return;
-    Cinder__Envelope *reply = m->raw ? proto_refusal_reply(m->raw, m->raw_len, limits, why)
-                                     : proto_error_reply(NULL, proto_error_code(why->status),
-                                                         "%s", why->msg);
+    Cinder__Envelope *reply =
+        m->raw ? proto_refusal_reply(m->raw, m->raw_len, limits, why)
+               : proto_error_reply(NULL, proto_error_code(why->status), "%s", why->msg);
     if (!reply) return;
     cinder_error ignored = {0};
     wire_send(sock, m->identity, m->identity_len, reply, &ignored);

@@ -25,7 +25,7 @@
 
 typedef struct wire_msg {
     uint8_t identity[WIRE_MAX_IDENTITY];
-    size_t identity_len;  /* 0 on a DEALER socket */
+    size_t identity_len;   /* 0 on a DEALER socket */
     Cinder__Envelope *env; /* NULL when the body was refused (err says why) */
     uint8_t *raw;          /* the body frame as received (for proto_refusal_reply) */
     size_t raw_len;
@@ -42,6 +42,11 @@ void wire_msg_clear(wire_msg *m);
 /* Sends env to identity (NULL, 0 on a DEALER socket) without blocking. */
 cinder_status wire_send(void *sock, const uint8_t *identity, size_t identity_len,
                         const Cinder__Envelope *env, cinder_error *err);
+/* Sends an Error (request_id may be NULL; the message is formatted, cut to its bound and made
+ * valid UTF-8 by proto_error_reply). Failures to send are ignored (the peer is gone). */
+void wire_send_error(void *sock, const uint8_t *identity, size_t identity_len,
+                     const char *request_id, Cinder__ErrorCode code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 /* Answers a refused message m (status and err from wire_recv) with an Error, unless the
  * refused message was itself an Error. Failures to send are ignored (the peer is gone). */
 void wire_send_refusal(void *sock, const wire_msg *m, const proto_limits *limits,
@@ -50,8 +55,7 @@ void wire_send_refusal(void *sock, const wire_msg *m, const proto_limits *limits
 /* Sets the options every cinder socket uses: linger 0, ZMTP heartbeats (a dead TCP peer is
  * dropped after a few seconds), no send queue limit worth hitting, the frame size bound, and on
  * a ROUTER, ZMQ_ROUTER_MANDATORY. */
-cinder_status wire_socket_setup(void *sock, bool router, size_t max_frame_bytes,
-                                cinder_error *err);
+cinder_status wire_socket_setup(void *sock, bool router, size_t max_frame_bytes, cinder_error *err);
 
 /* Monotonic clock in microseconds. */
 uint64_t wire_now_us(void);

@@ -68,6 +68,10 @@ typedef struct worker {
     worker_seq *seqs;
     int n_seqs, cap_seqs;
     engine_seq *eseqs; /* [max_seqs] */
+    /* A StepResult's parts, [max_seqs] each, sized once. */
+    Cinder__SeqResult *results, **result_ptrs;
+    int32_t *sampled;
+    float *lps;
     uint64_t steps_done, heartbeat_seq, last_heard_us, last_sent_us;
 } worker;
 
@@ -84,8 +88,10 @@ static void worker_on_signal(int sig) {
 static cinder_status worker_send(worker *w, Cinder__Envelope *env) {
     cinder_error err = {0};
     cinder_status s = wire_send(w->sock, NULL, 0, env, &err);
-    if (s) LOG_ERROR("cannot send %s: %s", proto_body_name(env->body_case), err.msg);
-    else w->last_sent_us = wire_now_us();
+    if (s)
+        LOG_ERROR("cannot send %s: %s", proto_body_name(env->body_case), err.msg);
+    else
+        w->last_sent_us = wire_now_us();
     return s;
 }
 
@@ -132,7 +138,8 @@ static cinder_status worker_wait(worker *w, int timeout_ms, Cinder__Envelope **o
 /* Joining: Hello, Register, ShardPlan, Ready */
 
 /* Waits for a message of one body type (heartbeats are skipped; an Error ends the wait). */
-static Cinder__Envelope *worker_expect(worker *w, Cinder__Envelope__BodyCase body, cinder_error *err) {
+static Cinder__Envelope *worker_expect(worker *w, Cinder__Envelope__BodyCase body,
+                                       cinder_error *err) {
     uint64_t deadline = wire_now_us() + (uint64_t)w->args.timeout_ms * 1000u;
     while (!worker_stop) {
         uint64_t now = wire_now_us();
@@ -184,7 +191,12 @@ static cinder_status worker_load(worker *w, const Cinder__ShardPlan *plan, cinde
     w->logits = malloc((size_t)w->max_batch_tokens * (size_t)w->vocab * sizeof(float));
     w->raw_row = malloc((size_t)w->vocab * sizeof(float));
     w->eseqs = calloc((size_t)w->max_seqs, sizeof *w->eseqs);
-    if (!w->logits || !w->raw_row || !w->eseqs)
+    w->results = calloc((size_t)w->max_seqs, sizeof *w->results);
+    w->result_ptrs = calloc((size_t)w->max_seqs, sizeof *w->result_ptrs);
+    w->sampled = calloc((size_t)w->max_seqs, sizeof *w->sampled);
+    w->lps = calloc((size_t)w->max_seqs, sizeof *w->lps);
+    if (!w->logits || !w->raw_row || !w->eseqs || !w->results || !w->result_ptrs || !w->sampled ||
+        !w->lps)
         return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for the step buffers");
     return CINDER_OK;
 }
@@ -343,12 +355,14 @@ static cinder_status worker_run_step(worker *w, const Cinder__Step *st, Cinder__
                                      Cinder__SeqResult *results, Cinder__SeqResult **result_ptrs,
                                      int32_t *sampled, float *lps, cinder_error *err) {
     kv_cache *kv = engine_kv(w->e);
-    for (size_t i = 0; i < st->n_copies; i++) kv_cache_copy_block(kv, st->copies[i]->src, st->copies[i]->dst);
+    for (size_t i = 0; i < st->n_copies; i++)
+        kv_cache_copy_block(kv, st->copies[i]->src, st->copies[i]->dst);
     for (size_t i = 0; i < st->n_release_seqs; i++) worker_seq_release(w, st->release_seqs[i]);
     if (st->n_seqs == 0) return CINDER_OK;
     if ((int)st->n_seqs > w->max_seqs)
-        return cinder_error_set(err, CINDER_ERR_ARG, "a step of %zu sequences; this worker takes %d",
-                                st->n_seqs, w->max_seqs);
+        return cinder_error_set(err, CINDER_ERR_ARG,
+                                "a step of %zu sequences; this worker takes %d", st->n_seqs,
+                                w->max_seqs);
     int rows = 0;
     size_t off = 0;
     for (size_t i = 0; i < st->n_seqs; i++) {
@@ -411,20 +425,12 @@ static cinder_status worker_run_step(worker *w, const Cinder__Step *st, Cinder__
 
 static void worker_on_step(worker *w, const Cinder__Step *st) {
     uint64_t t0 = wire_now_us();
-    size_t n = st->n_seqs ? st->n_seqs : 1;
-    Cinder__SeqResult *results = calloc(n, sizeof *results);
-    Cinder__SeqResult **ptrs = calloc(n, sizeof *ptrs);
-    int32_t *sampled = calloc(n, sizeof *sampled);
-    float *lps = calloc(n, sizeof *lps);
     Cinder__StepResult res = CINDER__STEP_RESULT__INIT;
     res.step_id = st->step_id;
     res.group = (int32_t)w->args.group;
     res.rank = w->rank;
     cinder_error err = {0};
-    cinder_status s = !results || !ptrs || !sampled || !lps
-                          ? cinder_error_set(&err, CINDER_ERR_NOMEM, "out of memory for a step")
-                          : worker_run_step(w, st, &res, results, ptrs, sampled, lps, &err);
-    if (s) {
+    if (worker_run_step(w, st, &res, w->results, w->result_ptrs, w->sampled, w->lps, &err)) {
         LOG_ERROR("step %llu failed: %s", (unsigned long long)st->step_id, err.msg);
         res.n_seqs = 0;
         res.seqs = NULL;
@@ -438,10 +444,6 @@ static void worker_on_step(worker *w, const Cinder__Step *st) {
         env.step_result = &res;
         worker_send(w, &env);
     }
-    free(results);
-    free(ptrs);
-    free(sampled);
-    free(lps);
 }
 
 /* Executes steps until Shutdown, a signal, or the coordinator falls silent. */
@@ -466,8 +468,11 @@ static int worker_serve(worker *w) {
             return 1;
         }
         switch (env->body_case) {
-            case CINDER__ENVELOPE__BODY_STEP: worker_on_step(w, env->step); break;
-            case CINDER__ENVELOPE__BODY_HEARTBEAT: break;
+            case CINDER__ENVELOPE__BODY_STEP:
+                worker_on_step(w, env->step);
+                break;
+            case CINDER__ENVELOPE__BODY_HEARTBEAT:
+                break;
             case CINDER__ENVELOPE__BODY_SHUTDOWN:
                 LOG_INFO("shutdown: %s", env->shutdown->reason);
                 proto_envelope_free(env);
@@ -475,7 +480,9 @@ static int worker_serve(worker *w) {
             case CINDER__ENVELOPE__BODY_ERROR:
                 LOG_ERROR("the coordinator says: %s", env->error->message);
                 break;
-            default: LOG_WARN("ignored %s", proto_body_name(env->body_case)); break;
+            default:
+                LOG_WARN("ignored %s", proto_body_name(env->body_case));
+                break;
         }
         proto_envelope_free(env);
     }
@@ -491,6 +498,10 @@ static void worker_free(worker *w) {
     }
     free(w->seqs);
     free(w->eseqs);
+    free(w->results);
+    free(w->result_ptrs);
+    free(w->sampled);
+    free(w->lps);
     free(w->logits);
     free(w->raw_row);
     sampler_free(w->smp);
@@ -514,7 +525,8 @@ int main(int argc, char **argv) {
         {"timeout-ms", CLI_INT, &w.args.timeout_ms, "30000", 100, 3600000, "MS",
          "leave when the coordinator is silent this long (and the join deadline)", false},
     };
-    const char *usage = "mpirun -np N cinder-worker --coordinator ENDPOINT [--threads N] [--group G]";
+    const char *usage =
+        "mpirun -np N cinder-worker --coordinator ENDPOINT [--threads N] [--group G]";
     cinder_error err = {0};
     int n_pos;
     switch (cli_parse(opts, N_OPTS(opts), argc - 1, argv + 1, NULL, 0, &n_pos, &err)) {
@@ -524,8 +536,11 @@ int main(int argc, char **argv) {
                            "model and executes the coordinator's steps.",
                            opts, N_OPTS(opts));
             return 0;
-        case CLI_RESULT_ERROR: fprintf(stderr, "cinder-worker: %s\nusage: %s\n", err.msg, usage); return 2;
-        case CLI_RESULT_OK: break;
+        case CLI_RESULT_ERROR:
+            fprintf(stderr, "cinder-worker: %s\nusage: %s\n", err.msg, usage);
+            return 2;
+        case CLI_RESULT_OK:
+            break;
     }
     log_init_from_env();
 #ifdef CINDER_COMM_MPI
@@ -550,7 +565,8 @@ int main(int argc, char **argv) {
     w.zctx = zmq_ctx_new();
     w.sock = w.zctx ? zmq_socket(w.zctx, ZMQ_DEALER) : NULL;
     if (!w.sock || wire_socket_setup(w.sock, false, 0, &err)) {
-        fprintf(stderr, "cinder-worker: cannot create a socket: %s\n", err.msg[0] ? err.msg : zmq_strerror(zmq_errno()));
+        fprintf(stderr, "cinder-worker: cannot create a socket: %s\n",
+                err.msg[0] ? err.msg : zmq_strerror(zmq_errno()));
         goto out;
     }
     if (zmq_connect(w.sock, w.args.coordinator) != 0) {
