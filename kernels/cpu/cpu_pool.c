@@ -68,8 +68,8 @@ static void pool_work(cpu_pool *p, unsigned gen, int thread) {
     for (;;) {
         uint64_t v = atomic_load_explicit(&p->next, memory_order_acquire);
         do {
-            /* n_ranges may already be a later job's here: the CAS then fails, as next has
-             * changed, and the generation check returns */
+            /* n_ranges may already be a later job's here: the CAS then fails, as the caller
+             * changed next before writing the job, and the generation check returns */
             if ((unsigned)(v >> 32) != gen || (int64_t)(v & 0xffffffffu) >= p->n_ranges) return;
         } while (!atomic_compare_exchange_weak_explicit(&p->next, &v, v + 1, memory_order_acq_rel,
                                                         memory_order_acquire));
@@ -186,6 +186,10 @@ void cpu_pool_run(cpu_pool *p, cpu_pool_fn fn, void *arg, int64_t n, int64_t gra
     }
     CN_ASSERT(n_ranges <= 0xffffffffu);
     unsigned gen = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1; /* only we write it */
+    /* First retire the last job's claims: a worker that read its `next` just before that job
+     * ran out, and then compares with the n_ranges written below, must see its CAS fail here
+     * rather than claim a range of a job still being written (and count it in `done`). */
+    atomic_store(&p->next, (uint64_t)gen << 32 | 0xffffffffu);
     p->fn = fn;
     p->arg = arg;
     p->n = n;
