@@ -19,6 +19,8 @@
 #define PROMPT 512
 #define CONTEXT 64 /* tokens already cached before timing decode */
 #define STEPS 16
+#define NPP 128 /* llama-batched-bench's prompt and generated tokens per sequence */
+#define NTG 128
 
 static double now_s(void) {
     struct timespec ts;
@@ -77,6 +79,37 @@ static double weight_bytes(const model *m) {
     return b;
 }
 
+/* llama-batched-bench's shape (-npp NPP -ntg NTG -npl 32, bench/llamacpp.sh): 32 sequences of
+ * NPP-token prompts, prefilled PROMPT tokens per step, then NTG decode steps of all 32 at
+ * contexts NPP..NPP+NTG. Prints the decode rate, its S_TG. */
+static void bench_batched(engine *e, const int32_t *tokens, float *logits) {
+    enum { B = 32 };
+    kv_cache *kv = engine_kv(e);
+    kv_seq seqs[B] = {{0}};
+    engine_seq q[B];
+    cinder_error err = {0};
+    for (int i = 0; i < B; i++) {
+        if (kv_seq_reserve(kv, &seqs[i], NPP + NTG, &err) != CINDER_OK) {
+            fprintf(stderr, "bench_engine: %s\n", err.msg);
+            goto out;
+        }
+        q[i] = (engine_seq){tokens + i, NPP, 0, seqs[i].blocks, seqs[i].n_blocks, false};
+    }
+    for (int i = 0; i < B; i += PROMPT / NPP) engine_step(e, q + i, PROMPT / NPP, logits, &err);
+    double t0 = now_s();
+    for (int step = 0; step < NTG; step++) {
+        for (int i = 0; i < B; i++)
+            q[i] = (engine_seq){tokens + 200 + step + i, 1, NPP + step, seqs[i].blocks,
+                                seqs[i].n_blocks, false};
+        engine_step(e, q, B, logits, &err);
+    }
+    double t = now_s() - t0;
+    printf("  decode batch 32, context %d-%d (llama-batched-bench's S_TG): %6.1f tokens/s\n", NPP,
+           NPP + NTG, (double)B * NTG / t);
+out:
+    for (int i = 0; i < B; i++) kv_seq_free(kv, &seqs[i]);
+}
+
 static void bench_threads(const model *m, int n_threads) {
     const model_config *c = &m->config;
     int vocab = c->vocab_size;
@@ -84,7 +117,7 @@ static void bench_threads(const model *m, int n_threads) {
     o.n_threads = n_threads;
     o.max_batch_tokens = PROMPT;
     o.max_seqs = 32;
-    o.kv_blocks = 32 * ((CONTEXT + STEPS) / o.block_size + 2) + PROMPT / o.block_size + 2;
+    o.kv_blocks = 32 * ((NPP + NTG) / o.block_size + 2) + PROMPT / o.block_size + 2;
     cinder_error err = {0};
     engine *e = engine_create(m, &o, &err);
     if (!e) {
@@ -138,6 +171,7 @@ static void bench_threads(const model *m, int n_threads) {
             printf("  decode batch %2d: %6.1f tokens/s (%.1f steps/s)\n", B, rate, STEPS / t);
         for (int i = 0; i < B; i++) kv_seq_free(kv, &seqs[i]);
     }
+    bench_batched(e, tokens, logits);
     free(tokens);
     free(logits);
     engine_free(e);
