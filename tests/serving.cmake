@@ -15,3 +15,18 @@ if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
   set_tests_properties(test_serving_bad_input test_serving_lifecycle test_serving_preemption
                        PROPERTIES LABELS "cluster;sanitize")
 endif()
+
+# cinder-worker's refusals, checked without a coordinator: an unknown --device; --device cuda
+# in a build without CUDA or on a machine without a GPU (a clear message, exit 1, at once); a
+# build without MPI started as one of several mpirun ranks.
+if(TARGET cinder-worker)
+  if(CINDER_MPI)
+    set(_worker_mpi mpi)
+  else()
+    set(_worker_mpi nompi)
+  endif()
+  add_test(NAME test_worker_cli
+           COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_worker_cli.py
+                   $<TARGET_FILE:cinder-worker> ${_worker_mpi})
+  set_tests_properties(test_worker_cli PROPERTIES TIMEOUT 60)
+endif()
