@@ -7,14 +7,16 @@ tests/cluster/cluster.py), once with continuous batching and once with static ba
     bench/bench_serving.py --model PATH [--requests 64] [--rate 32] [--concurrency 32]
                            [--threads 2] [--seed 1] [--mode both|continuous|static]
                            [--device cpu|cuda] [--no-mpirun] [--worker-arg ARG]... [--tsv FILE]
+                           [--temperature T]
 
 Prints per mode: makespan, output tokens/s, requests/s, time to first token and time per
 output token (p50, p99, measured at the client from each request's arrival), then the ratio
 of the two. Prompts are random token ids (16..256 tokens, log-uniform), outputs 16..256
-tokens (log-uniform) with ignore_eos so every request makes exactly its length. The model's
-tokenizer must know every id below 40000 (the prompts' ids, and the ids it may sample). --tsv
-appends the throughputs, their ratio and the p99 TTFTs as name/value/unit/ratio/note lines
-(tests/gpu/run.sh). Not a test: nothing here passes or fails.
+tokens (log-uniform) with ignore_eos so every request makes exactly its length; greedy unless
+--temperature (seeded sampling). The model's tokenizer must know every id below 40000 (the
+prompts' ids, and the ids it may sample). --tsv appends the throughputs, their ratio and the
+p99 TTFTs as name/value/unit/ratio/note lines (tests/gpu/run.sh). Not a test: no figure passes
+or fails; the exit status is 1 only when requests did not make their tokens.
 """
 import argparse
 import math
@@ -58,7 +60,7 @@ def percentile(xs, p):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def run(endpoint, reqs, concurrency):
+def run(endpoint, reqs, concurrency, temperature=None):
     sem = threading.Semaphore(concurrency)
     res = [None] * len(reqs)
     t0 = time.monotonic() + 0.2
@@ -82,6 +84,12 @@ def run(endpoint, reqs, concurrency):
                 q.max_tokens = r["max_tokens"]
                 q.stream = True
                 q.ignore_eos = True
+                if temperature is not None:  # a whole SamplingParams: the defaults but this
+                    q.sampling.temperature = temperature
+                    q.sampling.top_p = 1.0
+                    q.sampling.repetition_penalty = 1.0
+                    q.sampling.seed = 1000 + i
+                    q.sampling.has_seed = True
                 st = c.generate_request(q)
                 first = None
                 n = 0
@@ -146,6 +154,9 @@ def main():
                     help="start the worker without mpirun (automatic when mpirun is not installed)")
     ap.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                     help="one more cinder-worker argument (repeat it: --worker-arg=--kv-fraction --worker-arg=0.5)")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="sample at this temperature (seeded per request); default: greedy, the "
+                         "server's default (no softmax over the vocabulary on the worker's host)")
     ap.add_argument("--tsv", help="append the results to this file (tests/gpu/run.sh's table)")
     a = ap.parse_args()
     mpirun = False if a.no_mpirun else None
@@ -173,7 +184,7 @@ def main():
         with Cluster(a.model, coordinator_args=args, worker_args=wargs, mpirun=mpirun) as cl:
             with cl.client() as c:  # warm up: the first step pays for page faults
                 c.generate(tokens=reqs[0]["prompt"], max_tokens=8, stream=False)
-            res, t0 = run(cl.endpoint, reqs, a.concurrency)
+            res, t0 = run(cl.endpoint, reqs, a.concurrency, a.temperature)
             row = report(mode, res, t0)
             failed |= row is None or row["n"] < len(reqs)
             if row:
