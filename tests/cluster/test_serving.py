@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Serving tests against a real cluster: cinder-coordinator + `mpirun -np 1 cinder-worker` on
-loopback, the real SmolLM2 model, real sockets.
+"""Serving tests against a real cluster: cinder-coordinator + `mpirun -np 1 cinder-worker` (the
+worker alone where mpirun is missing or CINDER_NO_MPIRUN=1) on loopback, the real SmolLM2
+model, real sockets.
 
     test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
                                         bad_input, failover, no_mpirun)
 
 Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
-or waiting). Exit 77 (ctest SKIP) when the model, mpirun or the programs are missing.
+or waiting). Exit 77 (ctest SKIP) when the model or the programs are missing.
 """
 import os
 import subprocess
