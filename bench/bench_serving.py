@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """Serving benchmark: requests with Poisson arrivals and mixed prompt/output lengths against a
-real cluster (cinder-coordinator + mpirun cinder-worker), once with continuous batching and
-once with static batches (--no-continuous-batching), the same workload both times.
+real cluster (cinder-coordinator + one cinder-worker rank, under mpirun or started directly:
+tests/cluster/cluster.py), once with continuous batching and once with static batches
+(--no-continuous-batching), the same workload both times.
 
     bench/bench_serving.py --model PATH [--requests 64] [--rate 32] [--concurrency 32]
                            [--threads 2] [--seed 1] [--mode both|continuous|static]
+                           [--device cpu|cuda] [--no-mpirun] [--worker-arg ARG]... [--tsv FILE]
+                           [--temperature T]
 
 Prints per mode: makespan, output tokens/s, requests/s, time to first token and time per
 output token (p50, p99, measured at the client from each request's arrival), then the ratio
 of the two. Prompts are random token ids (16..256 tokens, log-uniform), outputs 16..256
-tokens (log-uniform) with ignore_eos so every request makes exactly its length. Not a test:
-nothing here passes or fails.
+tokens (log-uniform) with ignore_eos so every request makes exactly its length; greedy unless
+--temperature (seeded sampling). The model's tokenizer must know every id below 40000 (the
+prompts' ids, and the ids it may sample). --tsv appends the throughputs, their ratio and the
+p99 TTFTs as name/value/unit/ratio/note lines (tests/gpu/run.sh). Not a test: no figure passes
+or fails; the exit status is 1 only when requests did not make their tokens.
 """
 import argparse
 import math
@@ -23,7 +29,7 @@ import time
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(_ROOT, "tests", "cluster"))
 sys.path.insert(0, os.path.join(_ROOT, "client", "python"))
-from cluster import Cluster, skip_reason  # noqa: E402
+from cluster import Cluster, skip_reason, use_mpirun  # noqa: E402
 
 from cinder_client import Client  # noqa: E402
 from cinder_client import pb  # noqa: E402
@@ -54,12 +60,18 @@ def percentile(xs, p):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def run(endpoint, reqs, concurrency):
+def run(endpoint, reqs, concurrency, temperature=None):
     sem = threading.Semaphore(concurrency)
     res = [None] * len(reqs)
     t0 = time.monotonic() + 0.2
 
     def one(i):
+        try:
+            one_request(i)
+        except Exception as e:  # noqa: BLE001 - counted as a failed request, reported below
+            res[i] = dict(error=f"{type(e).__name__}: {e}")
+
+    def one_request(i):
         r = reqs[i]
         delay = t0 + r["arrival"] - time.monotonic()
         if delay > 0:
@@ -72,6 +84,12 @@ def run(endpoint, reqs, concurrency):
                 q.max_tokens = r["max_tokens"]
                 q.stream = True
                 q.ignore_eos = True
+                if temperature is not None:  # a whole SamplingParams: the defaults but this
+                    q.sampling.temperature = temperature
+                    q.sampling.top_p = 1.0
+                    q.sampling.repetition_penalty = 1.0
+                    q.sampling.seed = 1000 + i
+                    q.sampling.has_seed = True
                 st = c.generate_request(q)
                 first = None
                 n = 0
@@ -81,7 +99,10 @@ def run(endpoint, reqs, concurrency):
                     n += len(ch.token_ids)
                 done = time.monotonic()
         res[i] = dict(arrival=arrival, first=first, done=done, tokens=n,
-                      finish=st.result.finish_reason)
+                      finish=st.result.finish_reason, message=st.result.message,
+                      error=None if n == r["max_tokens"] else
+                      f"{n} of {r['max_tokens']} tokens, finish {st.result.finish_reason}"
+                      f" {st.result.message}".rstrip())
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(reqs))]
     for t in threads:
@@ -92,7 +113,13 @@ def run(endpoint, reqs, concurrency):
 
 
 def report(name, res, t0):
-    ok = [r for r in res if r and r["first"] is not None]
+    bad = [r["error"] if r else "no answer" for r in res if not r or r["error"]]
+    if bad:
+        print(f"bench_serving: {name}: {len(bad)} of {len(res)} requests did not make their "
+              f"tokens, e.g.: {bad[0]}", flush=True)
+    ok = [r for r in res if r and not r["error"] and r["first"] is not None]
+    if not ok:
+        return None
     end = max(r["done"] for r in ok)
     span = end - t0
     toks = sum(r["tokens"] for r in ok)
@@ -120,7 +147,19 @@ def main():
     ap.add_argument("--max-batch-tokens", type=int, default=512)
     ap.add_argument("--prompt-max", type=int, default=256, help="longest prompt (log-uniform from 16)")
     ap.add_argument("--output-max", type=int, default=256, help="longest output (log-uniform from 16)")
+    ap.add_argument("--kv-mib", type=int, default=1024,
+                    help="the coordinator's --kv-mib (a CUDA worker sizes its pool by --kv-fraction)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the worker's --device")
+    ap.add_argument("--no-mpirun", action="store_true",
+                    help="start the worker without mpirun (automatic when mpirun is not installed)")
+    ap.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
+                    help="one more cinder-worker argument (repeat it: --worker-arg=--kv-fraction --worker-arg=0.5)")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="sample at this temperature (seeded per request); default: greedy, the "
+                         "server's default (no softmax over the vocabulary on the worker's host)")
+    ap.add_argument("--tsv", help="append the results to this file (tests/gpu/run.sh's table)")
     a = ap.parse_args()
+    mpirun = False if a.no_mpirun else None
     why = skip_reason(a.model)
     if why:
         print(f"bench_serving: {why}")
@@ -130,26 +169,54 @@ def main():
     n_out = sum(r["max_tokens"] for r in reqs)
     print(f"bench_serving: {a.requests} requests, Poisson {a.rate}/s, at most {a.concurrency} in "
           f"flight; {n_prompt} prompt and {n_out} output tokens in all; worker: 1 rank, "
-          f"{a.threads} threads; load {os.getloadavg()[0]:.1f}")
+          f"{a.device}, {a.threads} threads, {'without' if not use_mpirun(1, mpirun) else 'under'} "
+          f"mpirun; load {os.getloadavg()[0]:.1f}")
     print(f"{'mode':<11} {'reqs':>4} {'span s':>8} {'out tok/s':>10} {'req/s':>7} "
           f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>8} {'TPOT p99':>8}   (ms)")
-    rows = {}
+    rows, failed = {}, False
     modes = ["continuous", "static"] if a.mode == "both" else [a.mode]
     for mode in modes:
         args = ["--max-batch-tokens", str(a.max_batch_tokens), "--max-seqs", str(a.concurrency),
-                "--kv-mib", "1024"]
+                "--kv-mib", str(a.kv_mib)]
         if mode == "static":
             args.append("--no-continuous-batching")
-        with Cluster(a.model, coordinator_args=args, worker_args=["--threads", str(a.threads)]) as cl:
+        wargs = ["--threads", str(a.threads), "--device", a.device, *a.worker_arg]
+        with Cluster(a.model, coordinator_args=args, worker_args=wargs, mpirun=mpirun) as cl:
             with cl.client() as c:  # warm up: the first step pays for page faults
                 c.generate(tokens=reqs[0]["prompt"], max_tokens=8, stream=False)
-            res, t0 = run(cl.endpoint, reqs, a.concurrency)
-            rows[mode] = report(mode, res, t0)
+            res, t0 = run(cl.endpoint, reqs, a.concurrency, a.temperature)
+            row = report(mode, res, t0)
+            failed |= row is None or row["n"] < len(reqs)
+            if row:
+                rows[mode] = row
     if len(rows) == 2:
         c, s = rows["continuous"], rows["static"]
         print(f"continuous / static: throughput {c['tok_s'] / s['tok_s']:.2f}x (target >= 2x), "
               f"p99 TTFT {c['ttft99'] / s['ttft99']:.2f}x (target < 1)")
-    return 0
+    if a.tsv:
+        write_tsv(a.tsv, rows, a)
+    return 1 if failed else 0
+
+
+def write_tsv(path, rows, a):
+    """name, value, unit, ratio (-1: none), note: the lines tests/gpu/run.sh tabulates."""
+    c, s = rows.get("continuous"), rows.get("static")
+    tput = c["tok_s"] / s["tok_s"] if c and s else -1
+    ttft = c["ttft99"] / s["ttft99"] if c and s else -1
+    what = f"{a.requests} reqs, {a.concurrency} in flight, out 16-{a.output_max}"
+    lines = []
+    for name, r in (("continuous", c), ("static", s)):
+        if not r:
+            continue
+        lines.append((f"serving {name} {a.device}", r["tok_s"], "tok/s",
+                      tput if name == "continuous" else -1,
+                      f"cont/static (target 2.00); {what}" if name == "continuous" else what))
+        lines.append((f"serving {name} TTFT p99", r["ttft99"], "ms",
+                      ttft if name == "continuous" else -1,
+                      "cont/static (target < 1)" if name == "continuous" else ""))
+    with open(path, "a") as f:
+        for name, v, unit, ratio, note in lines:
+            f.write(f"{name}\t{v:.2f}\t{unit}\t{ratio:.3f}\t{note}\n")
 
 
 if __name__ == "__main__":

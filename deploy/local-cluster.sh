@@ -4,27 +4,35 @@
 # stops everything (the coordinator ends its requests and tells the workers to leave).
 #
 #   deploy/local-cluster.sh --model PATH [--ranks N] [--groups G] [--threads T]
+#                           [--device cpu|cuda] [--no-mpirun] [--worker-arg ARG]...
 #                           [--listen ENDPOINT] [--control ENDPOINT] [--build DIR]
 #                           [-- COORDINATOR OPTIONS...]
 #
-#   --ranks N    ranks per worker group (mpirun -np N; default 1)
-#   --groups G   worker groups (data parallelism; default 1), each its own mpirun job
-#   --threads T  CPU threads per rank (default: the cores divided among the ranks)
-#   --detach     start, print the endpoint, and return (stop later with: kill PID, as printed)
+#   --ranks N       ranks per worker group (mpirun -np N; default 1)
+#   --groups G      worker groups (data parallelism; default 1), each its own mpirun job
+#   --threads T     CPU threads per rank (default: the cores divided among the ranks)
+#   --device D      the workers' --device: cpu (default) or cuda
+#   --no-mpirun     start each one-rank group as a plain process (automatic without mpirun)
+#   --worker-arg A  one more cinder-worker argument (repeat it for several)
+#   --detach        start, print the endpoint, and return (stop later with: kill PID, as printed)
 # Anything after -- goes to cinder-coordinator (e.g. --kv-blocks 256 --max-batch-tokens 1024).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-model="" ranks=1 groups=1 threads="" build="${BUILD_DIR:-$here/build}" detach=0
+model="" ranks=1 groups=1 threads="" build="${BUILD_DIR:-$here/build}" detach=0 device=cpu no_mpirun=0
+worker_extra=()
 listen="tcp://127.0.0.1:5555" control="tcp://127.0.0.1:5556"
 coord_args=()
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) model=$2; shift 2 ;;
         --ranks) ranks=$2; shift 2 ;;
         --groups) groups=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
+        --device) device=$2; shift 2 ;;
+        --no-mpirun) no_mpirun=1; shift ;;
+        --worker-arg) worker_extra+=("$2"); shift 2 ;;
         --listen) listen=$2; shift 2 ;;
         --control) control=$2; shift 2 ;;
         --build) build=$2; shift 2 ;;
@@ -39,15 +47,25 @@ done
 for p in cinder cinder-coordinator cinder-worker; do
     [ -x "$build/$p" ] || { echo "local-cluster: $build/$p is not built (scripts/setup.sh builds it)" >&2; exit 2; }
 done
-command -v mpirun >/dev/null || { echo "local-cluster: mpirun not found (apt-get install openmpi-bin)" >&2; exit 2; }
 case "$ranks$groups" in *[!0-9]*) echo "local-cluster: --ranks and --groups take numbers" >&2; exit 2 ;; esac
+# A one-rank group needs no mpirun (a build without MPI runs one rank; an MPI build alone is a
+# one-rank MPI job).
+if ! command -v mpirun >/dev/null; then
+    [ "$ranks" = 1 ] || { echo "local-cluster: --ranks $ranks needs mpirun (apt-get install openmpi-bin)" >&2; exit 2; }
+    no_mpirun=1
+fi
+[ "$ranks" = 1 ] || [ $no_mpirun = 0 ] || { echo "local-cluster: --no-mpirun runs one rank per group, not $ranks" >&2; exit 2; }
 if [ -z "$threads" ]; then
     threads=$(( $(nproc) / (ranks * groups) ))
     [ "$threads" -ge 1 ] || threads=1
 fi
 
-mpi=(mpirun --oversubscribe -np "$ranks")
-[ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+if [ $no_mpirun = 1 ]; then
+    mpi=()
+else
+    mpi=(mpirun --oversubscribe -np "$ranks")
+    [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+fi
 logs=$(mktemp -d "${TMPDIR:-/tmp}/cinder-cluster.XXXXXX")
 pids=()
 
@@ -77,7 +95,7 @@ pids+=("$coord_pid")
 
 for g in $(seq 0 $((groups - 1))); do
     "${mpi[@]}" "$build/cinder-worker" --coordinator "$control" --group "$g" --threads "$threads" \
-        >"$logs/group$g.log" 2>&1 &
+        --device "$device" "${worker_extra[@]}" >"$logs/group$g.log" 2>&1 &
     pids+=($!)
 done
 
@@ -100,7 +118,7 @@ if [ "${ready:-0}" -lt "$groups" ]; then
     tail -n 20 "$logs"/*.log >&2
     exit 1
 fi
-echo "local-cluster: ready: $groups group(s) of $ranks rank(s), $threads thread(s) each; clients connect to $listen" >&2
+echo "local-cluster: ready: $groups group(s) of $ranks rank(s) ($device, $([ $no_mpirun = 1 ] && echo "no mpirun" || echo mpirun)), $threads thread(s) each; clients connect to $listen" >&2
 echo "$listen"
 if [ $detach = 1 ]; then
     echo "local-cluster: detached; stop with: kill ${pids[*]}" >&2

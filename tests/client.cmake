@@ -1,6 +1,6 @@
 # Clients: libcinder-client, `cinder generate --server` / `status` / `models`, the Python client,
 # against a stand-in coordinator (always) and against a real coordinator + worker group started
-# by tests/cluster/cluster.py (skipped, exit 77, without the model file, mpirun or the programs).
+# by tests/cluster/cluster.py (skipped, exit 77, without the model file or the programs).
 if(TARGET cinder_client)
   # Not a ctest of its own (it needs a server): the scripts below run it against one. Linked
   # to the shared libcinder-client, so that its exports are what is tested.

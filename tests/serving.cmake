@@ -1,8 +1,9 @@
 # Serving against a real cluster (cinder-coordinator + mpirun cinder-worker, the real model):
 # continuous batching equal to alone, prefix cache, preemption, cancel/timeout/disconnect, bad
-# input. One ctest per scenario; skipped (77) without the model, mpirun or the programs.
+# input, a worker started without mpirun. One ctest per scenario; skipped (77) without the
+# model or the programs (one-rank groups start without mpirun where it is not installed).
 if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
-  foreach(scenario concurrency prefix preemption lifecycle bad_input failover)
+  foreach(scenario concurrency prefix preemption lifecycle bad_input failover no_mpirun)
     add_test(NAME test_serving_${scenario}
              COMMAND ${CINDER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_serving.py
                      ${CINDER_DEFAULT_MODEL} ${scenario})
@@ -14,4 +15,19 @@ if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
   # UBSan (scripts/test.sh points CINDER_WORKER_BIN at the optimized build's worker).
   set_tests_properties(test_serving_bad_input test_serving_lifecycle test_serving_preemption
                        PROPERTIES LABELS "cluster;sanitize")
+endif()
+
+# cinder-worker's refusals, checked without a coordinator: an unknown --device; --device cuda
+# in a build without CUDA or on a machine without a GPU (a clear message, exit 1, at once); a
+# build without MPI started as one of several mpirun ranks.
+if(TARGET cinder-worker)
+  if(CINDER_MPI)
+    set(_worker_mpi mpi)
+  else()
+    set(_worker_mpi nompi)
+  endif()
+  add_test(NAME test_worker_cli
+           COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_worker_cli.py
+                   $<TARGET_FILE:cinder-worker> ${_worker_mpi})
+  set_tests_properties(test_worker_cli PROPERTIES TIMEOUT 60)
 endif()

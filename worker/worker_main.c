@@ -1,14 +1,24 @@
 /* worker_main.c - `cinder-worker`: one rank of a worker group (one MPI job).
  *
  *   mpirun -np N cinder-worker --coordinator tcp://HOST:5556 [--threads N] [--group G]
+ *   cinder-worker --coordinator tcp://HOST:5556 --device cuda     (one rank, no mpirun)
+ *
+ * A group of one rank needs no mpirun: a build without MPI runs one rank (comm single), and an
+ * MPI build started alone is a one-rank MPI job. With --device cuda the forward pass runs on
+ * the CUDA backend (the same engine_create as `cinder generate --device cuda`); the backend is
+ * brought up once before joining, so a build without CUDA or a machine without a GPU is refused
+ * at once, and Register reports the device's free memory.
  *
  * Each rank connects to the coordinator's control endpoint and says Hello, then Register
  * (rank, group, world size, host, device, free memory). The coordinator answers with a
  * ShardPlan (model path, what this rank holds, the KV pool); the rank loads its shard, sizes
- * its KV pool and answers Ready with the blocks it got. From then on it executes Steps: the
- * coordinator's plan says which tokens of which sequences, at which positions, through which
- * blocks, and how to sample; the worker runs the forward pass, samples on rank 0 and sends a
- * StepResult back. It decides nothing. Heartbeats go both ways every second.
+ * its KV pool and answers Ready with the blocks it got. On CUDA the pool is --kv-fraction of
+ * the device memory left free by the weights and scratch unless the plan names a block count
+ * (the coordinator's --kv-blocks); --kv-fraction 0 takes the plan's bytes (--kv-mib) instead.
+ * From then on it executes Steps: the coordinator's plan says which tokens of which sequences,
+ * at which positions, through which blocks, and how to sample; the worker runs the forward
+ * pass, samples on rank 0 and sends a StepResult back. It decides nothing. Heartbeats go both
+ * ways every second.
  *
  * Per sequence the worker keeps what sampling needs between steps: the tokens seen (for the
  * repetition penalty), its random stream and its block table. A Step brings them again
@@ -28,6 +38,9 @@
 #include "comm_mpi.h"
 #endif
 #include "engine.h"
+#ifdef CINDER_HAVE_CUDA
+#include "cuda_ops.h"
+#endif
 #include "log.h"
 #include "math.h"
 #include "model.h"
@@ -38,8 +51,9 @@
 #define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 typedef struct worker_args {
-    const char *coordinator;
-    int64_t threads, group, heartbeat_ms, timeout_ms;
+    const char *coordinator, *device;
+    int64_t threads, group, heartbeat_ms, timeout_ms, gpu;
+    double kv_fraction;
 } worker_args;
 
 /* What the worker remembers of one sequence between steps. */
@@ -58,6 +72,9 @@ typedef struct worker {
     worker_args args;
     comm *group; /* this rank's worker group (the MPI job; a single rank without MPI) */
     int rank, world_size;
+    engine_backend backend;
+    char device[PROTO_MAX_NAME_BYTES]; /* Register.device: "cpu", "cuda:0 cuda0-sm90" */
+    uint64_t mem_bytes;                /* Register.mem_bytes: free host or device memory */
     void *zctx, *sock;
     model *m;
     engine *e;
@@ -135,6 +152,46 @@ static cinder_status worker_wait(worker *w, int timeout_ms, Cinder__Envelope **o
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The device */
+
+/* What Register reports: the device and the memory free on it. CUDA is brought up once and
+ * asked (the engine brings it up again for the model; the context stays), so that a build
+ * without CUDA or a machine without a GPU is refused before joining. */
+static cinder_status worker_probe_device(worker *w, cinder_error *err) {
+    if (w->backend == ENGINE_BACKEND_CPU) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        snprintf(w->device, sizeof w->device, "cpu");
+        w->mem_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+        return CINDER_OK;
+    }
+#ifdef CINDER_HAVE_CUDA
+    int n_dev = kernel_cuda_device_count();
+    if (n_dev == 0)
+        return cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
+                                "--device cuda: no CUDA device found (no GPU, or no driver)");
+    kernel_cuda_options ko = kernel_cuda_options_default();
+    ko.device = (int)w->args.gpu;
+    kernel_ops *k = kernel_cuda_create(&ko, err);
+    if (!k) return err->status;
+    size_t free_b = 0, total_b = 0;
+    cinder_status s = kernel_mem_info(k, &free_b, &total_b, err);
+    if (s == CINDER_OK) {
+        snprintf(w->device, sizeof w->device, "cuda:%lld %s", (long long)w->args.gpu, k->name);
+        w->mem_bytes = free_b;
+        LOG_INFO("%s: %zu MiB free of %zu; KV pool: %s", w->device, free_b >> 20, total_b >> 20,
+                 w->args.kv_fraction > 0 ? "a fraction of what the model leaves free"
+                                         : "the coordinator's plan");
+    }
+    kernel_ops_free(k);
+    return s;
+#else
+    return cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
+                            "--device cuda: this cinder-worker was built without the CUDA backend "
+                            "(configure with -DCINDER_CUDA=ON where nvcc is found)");
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Joining: Hello, Register, ShardPlan, Ready */
 
 /* Waits for a message of one body type (heartbeats are skipped; an Error ends the wait). */
@@ -175,10 +232,16 @@ static cinder_status worker_load(worker *w, const Cinder__ShardPlan *plan, cinde
     w->m = model_open(plan->model_path, err);
     if (!w->m) return err->status;
     engine_options o = engine_options_default();
+    o.backend = w->backend;
+    o.device = (int)w->args.gpu;
     o.n_threads = (int)w->args.threads;
     if (plan->block_size > 0) o.block_size = plan->block_size;
     o.kv_blocks = plan->kv_blocks;
     if (plan->kv_mem_bytes) o.kv_bytes = plan->kv_mem_bytes;
+    /* A device's pool: a fraction of what the weights and scratch leave (the engine asks the
+     * backend), unless the plan counts blocks. */
+    if (w->backend != ENGINE_BACKEND_CPU && plan->kv_blocks <= 0)
+        o.kv_fraction = w->args.kv_fraction;
     if (plan->max_batch_tokens > 0) o.max_batch_tokens = plan->max_batch_tokens;
     if (plan->max_seqs > 0) o.max_seqs = plan->max_seqs;
     w->e = engine_create(w->m, &o, err);
@@ -214,14 +277,13 @@ static cinder_status worker_join(worker *w, cinder_error *err) {
 
     char host[256] = "";
     gethostname(host, sizeof host - 1);
-    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     Cinder__Register reg = CINDER__REGISTER__INIT;
     reg.rank = w->rank;
     reg.group = (int32_t)w->args.group;
     reg.world_size = w->world_size;
     reg.host = host;
-    reg.device = "cpu";
-    reg.mem_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    reg.device = w->device;
+    reg.mem_bytes = w->mem_bytes;
     env = (Cinder__Envelope)CINDER__ENVELOPE__INIT;
     env.body_case = CINDER__ENVELOPE__BODY_REGISTER_RANK;
     env.register_rank = &reg;
@@ -518,6 +580,14 @@ int main(int argc, char **argv) {
          "the coordinator's control endpoint (tcp://HOST:5556)", true},
         {"threads", CLI_INT, &w.args.threads, "0", 0, 1024, "N", "CPU threads per rank (0: all)",
          false},
+        {"device", CLI_STR, &w.args.device, "cpu", 0, 0, "cpu|cuda",
+         "where the forward pass runs (cuda: a build with CINDER_CUDA and a GPU)", false},
+        {"gpu", CLI_INT, &w.args.gpu, "0", 0, 1024, "N", "CUDA device ordinal (--device cuda)",
+         false},
+        {"kv-fraction", CLI_FLOAT, &w.args.kv_fraction, "0.9", 0, 1, "F",
+         "--device cuda: the KV pool takes this fraction of the device memory the weights and "
+         "scratch leave free, unless the coordinator gives --kv-blocks (0: its --kv-mib)",
+         false},
         {"group", CLI_INT, &w.args.group, "0", 0, PROTO_MAX_WORLD_SIZE - 1, "G",
          "this worker group's id (one per mpirun job)", false},
         {"heartbeat-ms", CLI_INT, &w.args.heartbeat_ms, "1000", 10, 60000, "MS",
@@ -526,7 +596,8 @@ int main(int argc, char **argv) {
          "leave when the coordinator is silent this long (and the join deadline)", false},
     };
     const char *usage =
-        "mpirun -np N cinder-worker --coordinator ENDPOINT [--threads N] [--group G]";
+        "[mpirun -np N] cinder-worker --coordinator ENDPOINT [--device cpu|cuda] [--threads N] "
+        "[--group G]";
     cinder_error err = {0};
     int n_pos;
     switch (cli_parse(opts, N_OPTS(opts), argc - 1, argv + 1, NULL, 0, &n_pos, &err)) {
@@ -543,10 +614,25 @@ int main(int argc, char **argv) {
             break;
     }
     log_init_from_env();
+    if (!engine_backend_parse(w.args.device, &w.backend)) {
+        fprintf(stderr, "cinder-worker: --device is cpu or cuda, not '%s'\nusage: %s\n",
+                w.args.device, usage);
+        return 2;
+    }
 #ifdef CINDER_COMM_MPI
     if (comm_mpi_init(&argc, &argv, &err) == CINDER_OK)
         w.group = comm_mpi_create(MPI_COMM_WORLD, COMM_MPI_REDUCE_FIXED, &err);
 #else
+    /* One rank per process without MPI: under `mpirun -np 2` every process would be rank 0. */
+    const char *env_size = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!env_size) env_size = getenv("PMI_SIZE");
+    if (env_size && atoi(env_size) > 1) {
+        fprintf(stderr,
+                "cinder-worker: started as one of %s ranks, but this build has no MPI "
+                "(CINDER_MPI=OFF): it runs one rank per group; start it without mpirun\n",
+                env_size);
+        return 2;
+    }
     w.group = comm_single_create(&err);
 #endif
     if (!w.group) {
@@ -556,12 +642,16 @@ int main(int argc, char **argv) {
     w.rank = comm_rank(w.group);
     w.world_size = comm_size(w.group);
     log_set_rank(w.rank);
+    int rc = 1;
+    if (worker_probe_device(&w, &err)) {
+        fprintf(stderr, "cinder-worker: %s\n", err.msg);
+        goto out;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = worker_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    int rc = 1;
     w.zctx = zmq_ctx_new();
     w.sock = w.zctx ? zmq_socket(w.zctx, ZMQ_DEALER) : NULL;
     if (!w.sock || wire_socket_setup(w.sock, false, 0, &err)) {

@@ -4,8 +4,12 @@ cinder-worker`) on free loopback ports, ready when Status shows the groups READY
 (SIGTERM, then SIGKILL after a grace period) on exit, with every process's stderr shown when
 something failed.
 
+A group of one rank starts `cinder-worker` directly, without mpirun, when mpirun is not
+installed or CINDER_NO_MPIRUN=1 (or Cluster(mpirun=False)): a build without MPI runs one rank,
+an MPI build alone is a one-rank MPI job. Groups of several ranks need mpirun.
+
     from cluster import Cluster, skip_unless_runnable
-    skip_unless_runnable(model)            # exit 77 (ctest SKIP) without model/mpirun/programs
+    skip_unless_runnable(model)            # exit 77 (ctest SKIP) without model/programs
     with Cluster(model, ranks=1, worker_args=["--threads", "1"]) as cl:
         cl.endpoint                        # clients: tcp://127.0.0.1:PORT
         cl.control                         # workers: tcp://127.0.0.1:PORT
@@ -14,7 +18,8 @@ something failed.
         cl.kill_group(0)                   # SIGKILL a group (failure tests)
 
 From a shell, for trying things by hand:
-    tests/cluster/cluster.py --model M [--ranks N] [--groups G]   (Ctrl-C stops it)
+    tests/cluster/cluster.py --model M [--ranks N] [--groups G] [--no-mpirun] [--device cuda]
+                                                                  (Ctrl-C stops it)
 
 The programs come from $CINDER_BUILD (default: build/ next to tests/). Environment needs
 client/python on PYTHONPATH (for cinder_client) and cinder_pb2 (see cinder_client/_proto.py).
@@ -48,20 +53,32 @@ def programs(build=None):
     return os.path.join(b, "cinder-coordinator"), worker
 
 
-def skip_reason(model, build=None):
+def use_mpirun(ranks=1, mpirun=None):
+    """Whether a group of this many ranks starts under mpirun: always for several ranks; for
+    one, unless mpirun is False, CINDER_NO_MPIRUN=1 or mpirun is not installed."""
+    if ranks > 1:
+        return True
+    if mpirun is not None:
+        return bool(mpirun)
+    if os.environ.get("CINDER_NO_MPIRUN", "") not in ("", "0"):
+        return False
+    return shutil.which("mpirun") is not None
+
+
+def skip_reason(model, build=None, ranks=1):
     """Why a cluster cannot run here (None: it can)."""
     if not model or not os.path.exists(model):
         return f"model {model} not found"
-    if not shutil.which("mpirun"):
-        return "mpirun not found"
+    if use_mpirun(ranks) and not shutil.which("mpirun"):
+        return f"mpirun not found (groups of {ranks} ranks need it)"
     for p in programs(build):
         if not os.access(p, os.X_OK):
             return f"{p} not built"
     return None
 
 
-def skip_unless_runnable(model, build=None, name="test"):
-    why = skip_reason(model, build)
+def skip_unless_runnable(model, build=None, name="test", ranks=1):
+    why = skip_reason(model, build, ranks)
     if why:
         print(f"{name}: {why}, skipping")
         sys.exit(SKIP)
@@ -108,7 +125,7 @@ class _Proc:
 
 class Cluster:
     def __init__(self, model, ranks=1, groups=1, coordinator_args=(), worker_args=("--threads", "1"),
-                 build=None, ready_timeout_s=300, grace_s=10, env=None, wait_ready=True):
+                 build=None, ready_timeout_s=300, grace_s=10, env=None, wait_ready=True, mpirun=None):
         self.model = model
         self.build = build or build_dir()
         self.coordinator_bin, self.worker_bin = programs(self.build)
@@ -120,6 +137,7 @@ class Cluster:
         self.grace_s = grace_s
         self.env = dict(os.environ, **(env or {}))
         self.wait_for_ready = wait_ready
+        self.mpirun = mpirun  # None: use_mpirun decides
         self.procs = []
         self.failed = False  # report() was called: the logs are kept
         self.coordinator = None
@@ -164,12 +182,15 @@ class Cluster:
         return p
 
     def add_group(self, ranks=None, worker_args=None, wait=True):
-        """Starts another worker group (one mpirun job); waits until it is READY when wait."""
+        """Starts another worker group (one mpirun job, or one worker process for a group of one
+        rank without mpirun); waits until it is READY when wait."""
         ranks = ranks or self.ranks
-        mpirun = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)]
-        if os.geteuid() == 0:
-            mpirun.insert(1, "--allow-run-as-root")
-        argv = [*mpirun, self.worker_bin, "--coordinator", self.control, "--group", str(len(self.groups)),
+        launcher = []
+        if use_mpirun(ranks, self.mpirun):
+            launcher = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)]
+            if os.geteuid() == 0:
+                launcher.insert(1, "--allow-run-as-root")
+        argv = [*launcher, self.worker_bin, "--coordinator", self.control, "--group", str(len(self.groups)),
                 *(self.worker_args if worker_args is None else worker_args)]
         g = self._spawn(f"group{len(self.groups)}", argv)
         self.groups.append(g)
@@ -249,10 +270,14 @@ def main():
     ap.add_argument("--groups", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--build", default=None)
+    ap.add_argument("--device", default="cpu", help="the workers' --device (cpu or cuda)")
+    ap.add_argument("--no-mpirun", action="store_true",
+                    help="start one-rank groups without mpirun (automatic when it is not installed)")
     args = ap.parse_args()
-    skip_unless_runnable(args.model, args.build, "cluster")
-    with Cluster(args.model, ranks=args.ranks, groups=args.groups, build=args.build,
-                 worker_args=["--threads", str(args.threads)]) as cl:
+    mpirun = False if args.no_mpirun else None
+    skip_unless_runnable(args.model, args.build, "cluster", args.ranks)
+    with Cluster(args.model, ranks=args.ranks, groups=args.groups, build=args.build, mpirun=mpirun,
+                 worker_args=["--threads", str(args.threads), "--device", args.device]) as cl:
         print(f"cluster ready: clients {cl.endpoint}, workers {cl.control}; logs in {cl.log_dir}", flush=True)
         try:
             while True:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Serving tests against a real cluster: cinder-coordinator + `mpirun -np 1 cinder-worker` on
-loopback, the real SmolLM2 model, real sockets.
+"""Serving tests against a real cluster: cinder-coordinator + `mpirun -np 1 cinder-worker` (the
+worker alone where mpirun is missing or CINDER_NO_MPIRUN=1) on loopback, the real SmolLM2
+model, real sockets.
 
     test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
-                                        bad_input, failover)
+                                        bad_input, failover, no_mpirun)
 
 Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
-or waiting). Exit 77 (ctest SKIP) when the model, mpirun or the programs are missing.
+or waiting). Exit 77 (ctest SKIP) when the model or the programs are missing.
 """
 import os
 import subprocess
@@ -391,6 +392,34 @@ def scenario_failover(model):
         check(st.running_seqs == 0 and st.queue_waiting == 0, "nothing left running or waiting")
 
 
+def scenario_no_mpirun(model):
+    """A one-rank group started without mpirun (cinder-worker as a plain process: a build
+    without MPI runs one rank, an MPI build alone is a one-rank MPI job) registers as a CPU
+    rank, serves concurrent requests exactly as alone, and answers greedily as `cinder
+    generate` does in one process."""
+    reqs = [dict(chat=[("user", prompt_of(i, 1 + i % 3))], max_tokens=8 + 3 * i, temperature=0.0)
+            for i in range(6)]
+    reqs[4].update(temperature=0.8, seed=21)
+    with Cluster(model, mpirun=False) as cl:
+        argv0 = cl.groups[0].argv[0]
+        check(argv0 == cl.worker_bin, f"the worker was started without mpirun ({argv0})")
+        ranks = [r for g in cl.status().groups for r in g.ranks]
+        check(len(ranks) == 1 and ranks[0].device == "cpu" and ranks[0].mem_bytes > 0,
+              f"one CPU rank with its free memory ({[(r.device, r.mem_bytes) for r in ranks]})")
+        alone = run_requests(cl.endpoint, reqs, concurrent=False)
+        check(all(r is not None and r.finish_reason in ("stop", "length") for r in alone),
+              "6 requests alone finished")
+        compare(alone, run_requests(cl.endpoint, reqs, concurrent=True), "6 concurrent clients")
+        q = prompt_of(0, 1)
+        local = subprocess.run([os.path.join(build_dir(), "cinder"), "generate", "--model", model,
+                                "--chat", "--prompt", q, "--temperature", "0", "--max-tokens",
+                                "8", "--threads", "1"], capture_output=True, text=True, timeout=300)
+        text = local.stdout[:-1] if local.stdout.endswith("\n") else local.stdout
+        check(local.returncode == 0 and alone[0] is not None and text == alone[0].text,
+              f"the answer equals the one-process engine's ({text!r})")
+        check_pool_whole(cl, "after the run without mpirun")
+
+
 SCENARIOS = {
     "concurrency": scenario_concurrency,
     "prefix": scenario_prefix,
@@ -398,6 +427,7 @@ SCENARIOS = {
     "lifecycle": scenario_lifecycle,
     "bad_input": scenario_bad_input,
     "failover": scenario_failover,
+    "no_mpirun": scenario_no_mpirun,
 }
 
 

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh - the one script for the GPU test machine (docs/testing.md, "GPU"):
 # builds with CUDA (no MPI, no ZeroMQ), writes the test models, runs the GPU tests (ctest
-# label "gpu"), the GPU benchmarks and PyTorch's SDPA beside them, then compute-sanitizer
-# (memcheck, racecheck) on the op tests; prints a short table last. Within 8 minutes: every
-# step has a timeout cut to what is left of the budget. Exit status 1 when anything failed.
+# label "gpu"), the GPU benchmarks and PyTorch's SDPA beside them, the serving benchmark
+# (bench/bench_serving.py: a coordinator and one `cinder-worker --device cuda` started without
+# mpirun, continuous against static batching), then compute-sanitizer (memcheck, racecheck) on
+# the op tests; prints a short table last. Within 8 minutes: every step has a timeout cut to
+# what is left of the budget. Exit status 1 when anything failed.
 #
 #   tests/gpu/run.sh            (repository root or anywhere; $OUT, if set, gets the logs)
 #   CINDER_GPU_JOBS=2 CINDER_GPU_SMALL=1 CINDER_GPU_BUDGET=3000 tests/gpu/run.sh
-#                               a dry run on a build machine without a GPU (tiny model only;
-#                               the GPU tests skip)
+#                               a dry run on a build machine without a GPU (tiny models only;
+#                               the GPU tests skip; the serving step runs a CPU worker)
+#   CINDER_GPU_SERVE=0          leaves the serving parts out (built with ZeroMQ off)
 #
-# Debian packages the machine lacks (cJSON, PCRE2, pkgconf) come from .gpu-debs/, filled by
-# tests/gpu/fetch-debs.sh on a build machine and carried along; they are unpacked under /tmp.
+# Debian packages the machine lacks (cJSON, PCRE2, pkgconf; ZeroMQ, protobuf-c, protoc-c and
+# protoc for the serving parts) come from .gpu-debs/, and the Python wheels (pyzmq, protobuf)
+# from .gpu-debs/wheels/, filled by tests/gpu/fetch-debs.sh on a build machine and carried
+# along; they are unpacked under /tmp. The serving parts are built only when all of them work
+# here (a C program linked against libzmq and libprotobuf-c runs, protoc-c and protoc run, the
+# Python imports zmq and google.protobuf): else the GPU tests still run and the serving step
+# says why it was skipped.
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -89,6 +97,10 @@ PY
         fi
     done
     ARCH_LIB=$D/usr/lib/x86_64-linux-gnu
+    # libzmq.pc names its static-link dependencies (Requires.private: krb5-gssapi, libsodium,
+    # openpgm, norm, libbsd), whose -dev packages are not carried: the build links the shared
+    # library, which finds them at run time.
+    [ -f "$ARCH_LIB/pkgconfig/libzmq.pc" ] && sed -i '/^Requires.private:/d' "$ARCH_LIB/pkgconfig/libzmq.pc"
     export PKG_CONFIG_PATH=$ARCH_LIB/pkgconfig:$D/usr/share/pkgconfig
     export PKG_CONFIG_SYSROOT_DIR=$D
     export LD_LIBRARY_PATH=$ARCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -109,13 +121,71 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null
 DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)
 
+# ---- the serving parts: are ZeroMQ, protobuf-c, protoc-c, protoc and the Python modules usable? ----
+SERVE_WHY="" # empty: build and run the serving step
+SERVE_PY=${CINDER_GPU_PYTHON:-$(command -v python3)} # the dry run may name a 3.12 here
+SERVE_PYPATH=/tmp/cinder-gpu-py # the wheels, installed here (only for the serving step)
+serve_tool() { # the carried program, else the machine's
+    if [ -n "${D:-}" ] && [ -x "$D/usr/bin/$1" ]; then echo "$D/usr/bin/$1"; else command -v "$1"; fi
+}
+serve_check() {
+    [ "${CINDER_GPU_SERVE:-1}" = 0 ] && { SERVE_WHY="CINDER_GPU_SERVE=0"; return; }
+    PROTOC_C=$(serve_tool protoc-c)
+    PROTOC=$(serve_tool protoc)
+    local t
+    for t in "$PROTOC_C" "$PROTOC"; do
+        [ -n "$t" ] || { SERVE_WHY="no protoc-c or protoc (tests/gpu/fetch-debs.sh)"; return; }
+        "$t" --version > "$L/serve-check.log" 2>&1 || {
+            SERVE_WHY="$t does not run here: $(head -c 200 "$L/serve-check.log")"
+            return
+        }
+    done
+    local inc=() lib=()
+    [ -n "${D:-}" ] && inc=("-I$D/usr/include") && lib=("-L$ARCH_LIB")
+    printf '%s\n' '#include <stdio.h>' '#include <zmq.h>' '#include <protobuf-c/protobuf-c.h>' \
+        'int main(void) { int a, b, c; zmq_version(&a, &b, &c);' \
+        '  printf("libzmq %d.%d.%d, protobuf-c %s\n", a, b, c, protobuf_c_version()); return 0; }' \
+        > /tmp/cinder-serve-check.c
+    if ! cc "${inc[@]}" /tmp/cinder-serve-check.c -o /tmp/cinder-serve-check "${lib[@]}" -lzmq \
+        -lprotobuf-c > "$L/serve-check.log" 2>&1 || ! /tmp/cinder-serve-check >> "$L/serve-check.log" 2>&1; then
+        SERVE_WHY="libzmq/libprotobuf-c do not build or run here: $(tail -n 2 "$L/serve-check.log" | head -c 300)"
+        return
+    fi
+    log "$(tail -n 1 "$L/serve-check.log")"
+    [ -n "$SERVE_PY" ] || { SERVE_WHY="no python3"; return; }
+    if ! "$SERVE_PY" -c 'import zmq, google.protobuf' > /dev/null 2>&1; then
+        if ls .gpu-debs/wheels/*.whl > /dev/null 2>&1; then
+            rm -rf "$SERVE_PYPATH"
+            # pip --no-index from the files; where pip is missing, a wheel is a zip to unpack
+            "$SERVE_PY" -m pip install --quiet --no-index --no-deps --target "$SERVE_PYPATH" \
+                .gpu-debs/wheels/*.whl > "$L/serve-check.log" 2>&1 ||
+                "$SERVE_PY" -c 'import sys, zipfile
+for w in sys.argv[2:]: zipfile.ZipFile(w).extractall(sys.argv[1])' "$SERVE_PYPATH" .gpu-debs/wheels/*.whl \
+                    >> "$L/serve-check.log" 2>&1
+        fi
+        PYTHONPATH=$SERVE_PYPATH "$SERVE_PY" -c 'import zmq, google.protobuf' >> "$L/serve-check.log" 2>&1 || {
+            SERVE_WHY="$SERVE_PY cannot import zmq and google.protobuf (.gpu-debs/wheels): $(tail -n 1 "$L/serve-check.log")"
+            return
+        }
+    fi
+    CMAKE_EXTRA+=("-DPROTOC_C=$PROTOC_C" "-DPROTOC=$PROTOC" "-DCINDER_PYTHON=$SERVE_PY")
+}
+serve_check
+if [ -z "$SERVE_WHY" ]; then ZMQ=ON; else ZMQ=OFF; log "serving parts left out: $SERVE_WHY"; fi
+
 # ---- build: cinder first (the models need it), the rest while the models are written ----
 run_step configure 60 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCINDER_ZMQ=OFF -DCINDER_MPI=OFF -DCINDER_GPU_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DCINDER_ZMQ=$ZMQ -DCINDER_MPI=OFF -DCINDER_GPU_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DCINDER_GPU_MODELS="$M" "${CMAKE_EXTRA[@]}" || { FAILED=1; }
 J=${CINDER_GPU_JOBS:+-j$CINDER_GPU_JOBS}
 run_step build-cinder 300 ninja -C "$B" $J cinder || FAILED=1
 MODEL_PIDS=()
+# The serving model: Llama 3.2 1B's shape with SmolLM2's tokenizer (in the repository) and its
+# 49152-token vocabulary, as an HF folder (a GGUF copies only a GGUF's tokenizer), so that the
+# random prompt ids (< 40000) and every id the model samples detokenize.
+SERVE_MODEL=$M/serve-llama-1b-bf16
+serve_shape=(--preset llama-1b --type bf16)
+[ -n "${CINDER_GPU_SMALL:-}" ] && SERVE_MODEL=$M/serve-tiny-f32 && serve_shape=(--preset tiny --context 2048)
 if [ -x "$B/cinder" ]; then
     log "writing models in $M"
     SPECS="tiny:f32 llama-1b:bf16 llama-1b:q4_1 llama-1b:q8_0"
@@ -128,8 +198,19 @@ if [ -x "$B/cinder" ]; then
             > "$L/model-$preset-$type.log" 2>&1 && mv "$out.tmp" "$out" &
         MODEL_PIDS+=($!)
     done
+    if [ -z "$SERVE_WHY" ] && [ ! -s "$SERVE_MODEL/model.safetensors" ]; then
+        rm -rf "$SERVE_MODEL.tmp" "$SERVE_MODEL"
+        "$B/cinder" write-model --out "$SERVE_MODEL.tmp" --format hf "${serve_shape[@]}" --vocab 49152 \
+            --tokenizer-from tests/data/tokenizer/smollm2 > "$L/model-serve.log" 2>&1 &&
+            mv "$SERVE_MODEL.tmp" "$SERVE_MODEL" &
+        MODEL_PIDS+=($!)
+    fi
 fi
 run_step build-gpu 120 ninja -C "$B" $J test_cuda_ops test_cuda_engine bench_cuda || FAILED=1
+if [ -z "$SERVE_WHY" ]; then
+    run_step build-serve 90 ninja -C "$B" $J cinder-coordinator cinder-worker cinder_python_proto ||
+        { FAILED=1; SERVE_WHY="the serving parts did not build (build-serve.log)"; }
+fi
 for p in "${MODEL_PIDS[@]}"; do wait "$p"; done
 for spec in tiny-f32 llama-1b-bf16 llama-1b-q4_1 llama-1b-q8_0; do
     [ -n "${CINDER_GPU_SMALL:-}" ] && [ "$spec" != tiny-f32 ] && continue
@@ -158,6 +239,30 @@ if [ -x "$B/bench/bench_cuda" ]; then
     OURS=$(awk -F'\t' '$1 ~ /^flash prefill/ {print $2}' "$RES")
     run_step bench-sdpa 60 python3 tests/gpu/bench_sdpa.py --tsv "$RES" --ours "${OURS:-0}"
     cat "$L/bench-sdpa.log"
+fi
+
+# ---- serving: continuous against static batching, a coordinator and one worker on the GPU ----
+# 96 requests, 32 in flight (the issue's "32 concurrent requests of mixed lengths"), all arriving
+# within half a second so that both modes run at capacity; prompts 16-256 and outputs 16-256
+# tokens (log-uniform). The worker starts without mpirun (there is none here) and takes 0.9 of
+# the GPU memory the model leaves for its KV pool (cinder-worker --kv-fraction).
+SERVE_DEV=cuda SERVE_LOAD=(--requests 96 --rate 200 --concurrency 32 --prompt-max 256 --output-max 256)
+if [ -n "${CINDER_GPU_SMALL:-}" ]; then # the dry run: a CPU worker, a small load
+    SERVE_DEV=cpu SERVE_LOAD=(--requests 12 --rate 100 --concurrency 6 --prompt-max 64 --output-max 32)
+fi
+if [ -z "$SERVE_WHY" ] && [ "$SERVE_DEV" = cuda ] && [ -z "${DEVICE:-}" ]; then SERVE_WHY="no GPU"; fi
+if [ -z "$SERVE_WHY" ] && [ ! -x "$B/cinder-worker" ]; then SERVE_WHY="cinder-worker not built"; fi
+if [ -z "$SERVE_WHY" ] && [ ! -s "$SERVE_MODEL/model.safetensors" ]; then
+    SERVE_WHY="$SERVE_MODEL not written (model-serve.log)"
+fi
+if [ -z "$SERVE_WHY" ] && [ "$(left 90)" -lt 60 ]; then SERVE_WHY="$(left 90) s of the budget left"; fi
+if [ -n "$SERVE_WHY" ]; then
+    row serving SKIP "$SERVE_WHY"
+else
+    run_step serving 90 env PYTHONPATH="$SERVE_PYPATH${PYTHONPATH:+:$PYTHONPATH}" \
+        CINDER_BUILD="$ROOT/$B" CINDER_PB2_DIR="$ROOT/$B/python" "$SERVE_PY" bench/bench_serving.py \
+        --model "$SERVE_MODEL" --device "$SERVE_DEV" --no-mpirun "${SERVE_LOAD[@]}" --tsv "$RES"
+    cat "$L/serving.log"
 fi
 
 # ---- compute-sanitizer on the op tests (small shapes) ----
