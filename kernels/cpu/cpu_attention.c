@@ -230,6 +230,14 @@ ATTN_TARGET ATTN_INLINE __m128 attn_hsum4(__m256 a0, __m256 a1, __m256 a2, __m25
     return _mm_add_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
 }
 
+/* A K or V vector for R rows: with R > 1 held in a register, else GCC folds the load into
+ * each row's FMA and loads the vector R times. */
+ATTN_TARGET ATTN_INLINE __m256 attn_load(const float *p, const int R) {
+    __m256 x = _mm256_loadu_ps(p);
+    if (R > 1) __asm__("" : "+x"(x));
+    return x;
+}
+
 /* Scores of keys [j_lo, j_hi) of the span for R (1 or 2) rows into sc[r][j], four keys at a
  * time (a key past the last is a copy of it; up to 3 lanes past j_hi are written). */
 ATTN_TARGET ATTN_INLINE void attn_scores(const float *const *q, float *const *sc,
@@ -254,8 +262,8 @@ ATTN_TARGET ATTN_INLINE void attn_scores(const float *const *q, float *const *sc
             d[r][3] = _mm256_mul_ps(qv, _mm256_loadu_ps(k3));
         }
         for (int v = 1; v < NV; v++) {
-            __m256 kv0 = _mm256_loadu_ps(k0 + 8 * v), kv1 = _mm256_loadu_ps(k1 + 8 * v);
-            __m256 kv2 = _mm256_loadu_ps(k2 + 8 * v), kv3 = _mm256_loadu_ps(k3 + 8 * v);
+            __m256 kv0 = attn_load(k0 + 8 * v, R), kv1 = attn_load(k1 + 8 * v, R);
+            __m256 kv2 = attn_load(k2 + 8 * v, R), kv3 = attn_load(k3 + 8 * v, R);
             for (int r = 0; r < R; r++) {
                 __m256 qv = R == 1 ? q0[v] : _mm256_loadu_ps(q[r] + 8 * v);
                 d[r][0] = _mm256_fmadd_ps(qv, kv0, d[r][0]);
@@ -355,7 +363,7 @@ ATTN_TARGET ATTN_INLINE void attn_row2(const float *qa, const float *qb, float *
         for (int j = both_lo; j < both_hi; j++) {
             const __m256 pa = _mm256_set1_ps(sca[j]), pb = _mm256_set1_ps(scb[j]);
             for (int v = 0; v < 4; v++) {
-                const __m256 vv = _mm256_loadu_ps(vr[j] + off + 8 * v);
+                const __m256 vv = attn_load(vr[j] + off + 8 * v, 2);
                 a4[v] = _mm256_fmadd_ps(pa, vv, a4[v]);
                 b4[v] = _mm256_fmadd_ps(pb, vv, b4[v]);
             }
