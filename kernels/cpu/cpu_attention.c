@@ -59,10 +59,8 @@ static void kv_write_rows(void *arg, int64_t t0, int64_t t1, int thread) {
 void cpu_kv_write(cpu_pool *pool, const kernel_kv_layer *kv, const float *k, const float *v,
                   const int32_t *slots, int n) {
     kv_write_args a = {kv, k, v, slots};
-    if ((int64_t)n * kv->n_kv_heads * kv->head_dim < 16384)
-        kv_write_rows(&a, 0, n, 0);
-    else
-        cpu_pool_run(pool, kv_write_rows, &a, n, 16);
+    if ((int64_t)n * kv->n_kv_heads * kv->head_dim < 16384) kv_write_rows(&a, 0, n, 0);
+    else cpu_pool_run(pool, kv_write_rows, &a, n, 16);
 }
 
 typedef struct attn_args {
@@ -152,8 +150,7 @@ static inline float attn_dot(const float *a, const float *b, int hd) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-static void
-attn_item(const attn_args *a, int64_t item, float *scratch) {
+static void attn_item(const attn_args *a, int64_t item, float *scratch) {
     attn_tile tl = attn_tile_of(a, item);
     const kernel_attn_seq *s = tl.s;
     int hd = a->kv->head_dim, g = a->group, rows = tl.rows;
@@ -208,10 +205,11 @@ attn_item(const attn_args *a, int64_t item, float *scratch) {
 
 #if defined(__x86_64__)
 /* The same item in AVX2 for a head dim HD of 64 or 128, with exp as a polynomial (cpu_exp.h).
- * Rows go in pairs that share each K and V load (two rows' dot products and V updates
- * interleaved: eight independent FMA chains, three loads per four FMAs). Pairing is for speed
- * only: each row's arithmetic is a fixed function of its own query and the keys it sees,
- * whether it goes alone or paired, and with whichever row:
+ * Rows go in groups that share each K and V load: six (else three) rows that see the same
+ * keys of the span - in every span of a prefill tile but the diagonal ones, in all of a
+ * decode item's - else pairs, else one row alone. Grouping is for speed only: each row's
+ * arithmetic is a fixed function of its own query and the keys it sees, whichever group it
+ * goes in:
  *   - a score: the 8-lane products of q and k summed over HD in order, then one fixed tree
  *     (attn_hsum4), times scale;
  *   - the span's maximum (exact in any order); e^(s - m') by the polynomial (elementwise);
@@ -305,8 +303,9 @@ ATTN_TARGET ATTN_INLINE float attn_softmax(float *sc, int j_lo, int j_hi, float 
         p[c] = _mm256_and_ps(seen[c], cpu_exp_avx2(_mm256_sub_ps(s[c], mv)));
         _mm256_storeu_ps(sc + 8 * c, p[c]);
     }
-    __m256 sv = _mm256_add_ps(_mm256_add_ps(p[0], p[1]), _mm256_add_ps(p[2], p[3]));
-    x = _mm_add_ps(_mm256_castps256_ps128(sv), _mm256_extractf128_ps(sv, 1));
+    for (int w = 1; w < NC; w *= 2) /* pairwise: (p0 + p1) + (p2 + p3) for 4 */
+        for (int c = 0; c < NC; c += 2 * w) p[c] = _mm256_add_ps(p[c], p[c + w]);
+    x = _mm_add_ps(_mm256_castps256_ps128(p[0]), _mm256_extractf128_ps(p[0], 1));
     x = _mm_add_ps(x, _mm_movehl_ps(x, x));
     x = _mm_add_ss(x, _mm_movehdup_ps(x));
     *l = *l * corr + _mm_cvtss_f32(x);
@@ -376,18 +375,80 @@ ATTN_TARGET ATTN_INLINE void attn_row2(const float *qa, const float *qb, float *
     }
 }
 
+/* R rows (ATTN_WIDE or 3), consecutive in q, sc and acc, that all see keys [j_lo, j_hi) of
+ * the span: scores two keys x R rows at a time, V sixteen values x R rows. Six rows make
+ * twelve FMA chains with 2/3 of a K or V load per FMA (a pair: eight chains, 3/4). */
+#define ATTN_WIDE 6
+ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *acc, float *m,
+                                            float *l, const float *const *kr,
+                                            const float *const *vr, int j_lo, int j_hi,
+                                            __m128 scale, const int R, const int HD) {
+    enum { W = CPU_ATTN_SC_W };
+    const int NV = HD / 8;
+    for (int j = j_lo; j < j_hi; j += 2) {
+        const float *k0 = kr[j], *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
+        __m256 d[ATTN_WIDE][2];
+        __m256 kv0 = attn_load(k0, R), kv1 = attn_load(k1, R);
+        for (int r = 0; r < R; r++) {
+            __m256 qv = _mm256_loadu_ps(q + r * HD);
+            d[r][0] = _mm256_mul_ps(qv, kv0);
+            d[r][1] = _mm256_mul_ps(qv, kv1);
+        }
+        for (int v = 1; v < NV; v++) {
+            kv0 = attn_load(k0 + 8 * v, R), kv1 = attn_load(k1 + 8 * v, R);
+            for (int r = 0; r < R; r++) {
+                __m256 qv = _mm256_loadu_ps(q + r * HD + 8 * v);
+                d[r][0] = _mm256_fmadd_ps(qv, kv0, d[r][0]);
+                d[r][1] = _mm256_fmadd_ps(qv, kv1, d[r][1]);
+            }
+        }
+        /* attn_hsum4 reduces each of its four inputs by the same tree, in whichever slot */
+        for (int r = 0; r < R; r += 2) {
+            int r1 = r + 1 < R ? r + 1 : r;
+            __m128 x = _mm_mul_ps(attn_hsum4(d[r][0], d[r][1], d[r1][0], d[r1][1]), scale);
+            _mm_storel_pi((__m64 *)(sc + r * W + j), x);
+            _mm_storeh_pi((__m64 *)(sc + r1 * W + j), x);
+        }
+    }
+    __m256 cv[ATTN_WIDE];
+    for (int r = 0; r < R; r++)
+        cv[r] = _mm256_set1_ps(attn_softmax(sc + r * W, j_lo, j_hi, &m[r], &l[r]));
+    for (int off = 0; off < HD; off += 16) {
+        __m256 av[ATTN_WIDE][2];
+        for (int r = 0; r < R; r++) {
+            av[r][0] = _mm256_mul_ps(_mm256_loadu_ps(acc + r * HD + off), cv[r]);
+            av[r][1] = _mm256_mul_ps(_mm256_loadu_ps(acc + r * HD + off + 8), cv[r]);
+        }
+        for (int j = j_lo; j < j_hi; j++) {
+            const __m256 v0 = attn_load(vr[j] + off, R), v1 = attn_load(vr[j] + off + 8, R);
+            for (int r = 0; r < R; r++) {
+                const __m256 pv = _mm256_set1_ps(sc[r * W + j]);
+                av[r][0] = _mm256_fmadd_ps(pv, v0, av[r][0]);
+                av[r][1] = _mm256_fmadd_ps(pv, v1, av[r][1]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            _mm256_storeu_ps(acc + r * HD + off, av[r][0]);
+            _mm256_storeu_ps(acc + r * HD + off + 8, av[r][1]);
+        }
+    }
+}
+
 ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch,
                                                const int HD) {
     attn_tile tl = attn_tile_of(a, item);
     const kernel_attn_seq *s = tl.s;
     int g = a->group, rows = tl.rows;
     float *acc = scratch, *m = acc + (size_t)rows * HD, *l = m + rows, *sc = l + rows;
+    float *qt = sc + (size_t)rows * CPU_ATTN_SC_W; /* the rows' queries, row after row */
     for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
     memset(acc, 0, (size_t)rows * HD * sizeof(float));
+    for (int t = tl.t0; t < tl.t1; t++)
+        memcpy(qt + (size_t)(t - tl.t0) * g * HD,
+               a->q + ((size_t)(s->q_start + t) * a->n_heads + tl.h * g) * HD,
+               (size_t)g * HD * sizeof(float));
     const __m128 scale = _mm_set1_ps(a->scale);
-    /* row r's query */
-#define ATTN_Q(r)                                                                                  \
-    (a->q + ((size_t)(s->q_start + tl.t0 + (r) / g) * a->n_heads + tl.h * g + (r) % g) * HD)
+#define ATTN_Q(r) (qt + (size_t)(r)*HD)
 
     const float *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
     for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
@@ -396,7 +457,25 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
         int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
         attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kr + j_beg,
                        vr + j_beg);
-        for (int r = 0; r < rows; r += 2) {
+        for (int r = 0; r < rows;) {
+            int n_wide = rows - r >= ATTN_WIDE ? ATTN_WIDE : rows - r >= 3 ? 3 : 0;
+            if (n_wide) {
+                int lo0, hi0, lo1, hi1;
+                attn_span_range(tl.first_pos + tl.t0 + r / g, p0, a->window, &lo0, &hi0);
+                attn_span_range(tl.first_pos + tl.t0 + (r + n_wide - 1) / g, p0, a->window, &lo1,
+                                &hi1);
+                if (lo0 == lo1 && hi0 == hi1 && hi0 > lo0) { /* bounds grow with r: all equal */
+                    float *scr = sc + (size_t)r * CPU_ATTN_SC_W, *accr = acc + (size_t)r * HD;
+                    if (n_wide == ATTN_WIDE)
+                        attn_rows_wide(ATTN_Q(r), scr, accr, m + r, l + r, kr, vr, lo0, hi0, scale,
+                                       ATTN_WIDE, HD);
+                    else
+                        attn_rows_wide(ATTN_Q(r), scr, accr, m + r, l + r, kr, vr, lo0, hi0, scale,
+                                       3, HD);
+                    r += n_wide;
+                    continue;
+                }
+            }
             int lo_a, hi_a, lo_b = 0, hi_b = 0;
             attn_span_range(tl.first_pos + tl.t0 + r / g, p0, a->window, &lo_a, &hi_a);
             if (r + 1 < rows)
@@ -411,6 +490,7 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
             else if (rb)
                 attn_row1(ATTN_Q(r + 1), sca + CPU_ATTN_SC_W, acca + HD, m + r + 1, l + r + 1, kr,
                           vr, lo_b, hi_b, scale, HD);
+            r += 2;
         }
     }
 #undef ATTN_Q
@@ -448,13 +528,13 @@ static void attn_items(void *arg, int64_t i0, int64_t i1, int thread) {
 }
 
 void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scr, float *out, const float *q,
-                   const kernel_kv_layer *kv, const kernel_attn_seq *seqs, int n_seqs, int n_heads,
-                   float scale, int window, bool avx2) {
+                   const kernel_kv_layer *kv, const kernel_attn_seq *seqs, int n_seqs,
+                   int n_heads, float scale, int window, bool avx2) {
     CN_ASSERT(n_seqs > 0 && kv->n_kv_heads > 0 && n_heads % kv->n_kv_heads == 0);
     int g = n_heads / kv->n_kv_heads, hd = kv->head_dim;
     int q_tile = CPU_ATTN_ROWS / g > 1 ? CPU_ATTN_ROWS / g : 1;
     int rows = q_tile * g;
-    size_t per_thread = (size_t)rows * (hd + 2 + CPU_ATTN_SC_W);
+    size_t per_thread = (size_t)rows * (2 * hd + 2 + CPU_ATTN_SC_W);
     per_thread = (per_thread + 15) & ~(size_t)15; /* 64-byte apart, no false sharing */
     int n_threads = cpu_pool_n_threads(pool);
 
@@ -479,22 +559,8 @@ void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scr, float *out, const floa
         items += (int64_t)kv->n_kv_heads * ((seqs[i].n_q + q_tile - 1) / q_tile);
     }
     scr->tile_start[n_seqs] = (int32_t)items;
-    attn_args a = {out,
-                   q,
-                   kv,
-                   seqs,
-                   n_seqs,
-                   n_heads,
-                   g,
-                   q_tile,
-                   window,
-                   scale,
-                   scr->tile_start,
-                   scr->buf,
-                   scr->per_thread,
-                   avx2};
-    if (items == 1 || n_threads == 1)
-        attn_items(&a, 0, items, 0);
-    else
-        cpu_pool_run(pool, attn_items, &a, items, 1);
+    attn_args a = {out, q, kv, seqs, n_seqs, n_heads, g, q_tile, window, scale,
+                   scr->tile_start, scr->buf, scr->per_thread, avx2};
+    if (items == 1 || n_threads == 1) attn_items(&a, 0, items, 0);
+    else cpu_pool_run(pool, attn_items, &a, items, 1);
 }
