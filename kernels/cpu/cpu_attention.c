@@ -434,6 +434,23 @@ ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *ac
     }
 }
 
+/* Prefetches rows [p, p + n) of c (the K or the V pool) for KV head h. A decode item reads
+ * its keys from memory with few FMAs per byte: this span's V and the next span's K stream in
+ * while the scores are computed, and the V pass, which reads each row in pieces, hits L1. */
+ATTN_TARGET ATTN_INLINE void attn_prefetch(const float *c, const kernel_kv_layer *kv,
+                                           const int32_t *table, int h, int32_t p, int n) {
+    int bs = kv->block_size;
+    while (n > 0) {
+        int32_t off = p % bs, cnt = bs - off < n ? bs - off : n;
+        const char *row =
+            (const char *)(c + (((size_t)table[p / bs] * kv->n_kv_heads + h) * bs + off) *
+                                   kv->head_dim);
+        for (size_t b = 0; b < (size_t)cnt * kv->head_dim * sizeof(float); b += 64)
+            _mm_prefetch(row + b, _MM_HINT_T0);
+        p += cnt, n -= cnt;
+    }
+}
+
 ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch,
                                                const int HD) {
     attn_tile tl = attn_tile_of(a, item);
@@ -457,6 +474,12 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
         int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
         attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kr + j_beg,
                        vr + j_beg);
+        attn_prefetch(a->kv->v, a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg);
+        if (p0 + CPU_ATTN_SPAN <= tl.hi_pos) {
+            int32_t n_next = tl.hi_pos + 1 - (p0 + CPU_ATTN_SPAN);
+            attn_prefetch(a->kv->k, a->kv, s->block_table, tl.h, p0 + CPU_ATTN_SPAN,
+                          n_next < CPU_ATTN_SPAN ? n_next : CPU_ATTN_SPAN);
+        }
         for (int r = 0; r < rows;) {
             int n_wide = rows - r >= ATTN_WIDE ? ATTN_WIDE : rows - r >= 3 ? 3 : 0;
             if (n_wide) {
