@@ -22,8 +22,8 @@
 
 /* Rows (query heads x queries) an item handles at once. */
 #define CPU_ATTN_ROWS 64
-/* Keys per online-softmax update: the update's bookkeeping (max, rescale, sum) is paid once
- * per span rather than once per key. */
+/* Keys per online-softmax update: its bookkeeping (max, rescale, exp, sum) is paid once per
+ * 32 keys rather than once per KV block (16 keys by default). */
 #define CPU_ATTN_SPAN 32
 /* Floats per row of span scores: a span plus the padding lanes of a 4-key step. */
 #define CPU_ATTN_SC_W (CPU_ATTN_SPAN + 8)
