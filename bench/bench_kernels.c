@@ -9,7 +9,13 @@
  * accurate 16-bit one, with the time ratio accurate / int8. The two alternate within each
  * measurement, so that a noisy neighbour slows both alike.
  *
+ * Attention (bench_kernels attn) runs SmolLM2-135M's shape (9 query heads, 3 KV heads, head
+ * dim 64, F32 KV in blocks of 16) over a 512-token prefill and over 32 decoding sequences at
+ * 64-512 tokens of context, in thread CPU time at 1 thread (what a shared machine perturbs
+ * least), wall time above.
+ *
  *   bench_kernels [max_threads [TYPE [LEVEL]]]
+ *   bench_kernels attn [max_threads [LEVEL]]
  *     max_threads  each figure for 1..max_threads threads (default 2)
  *     TYPE, LEVEL  only this weight type (Q4_1, BF16, ...) / SIMD level (scalar, avx2, avx512) */
 #include <stdio.h>
@@ -27,6 +33,12 @@
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -164,7 +176,81 @@ static void bench_matmul(kernel_ops *const *k, int n_k, dtype type, int64_t rows
     free(out);
 }
 
+/* ---- attention ---- */
+
+/* One layer's attention for the sequences seqs (their blocks scattered through the pool, as
+ * a serving pool leaves them); best of 7 rounds. */
+static void bench_attention(kernel_ops *k, int nt, const char *what, const int *n_q,
+                            const int *n_ctx, int n_seqs) {
+    enum { HEADS = 9, KV_HEADS = 3, HD = 64, BS = 16 };
+    int tokens = 0, blocks = 0;
+    for (int i = 0; i < n_seqs; i++) tokens += n_q[i], blocks += (n_ctx[i] + BS - 1) / BS;
+    size_t kv_floats = (size_t)blocks * KV_HEADS * BS * HD;
+    float *kc = malloc(kv_floats * sizeof(float)), *vc = malloc(kv_floats * sizeof(float));
+    float *q = malloc((size_t)tokens * HEADS * HD * sizeof(float));
+    float *out = malloc((size_t)tokens * HEADS * HD * sizeof(float));
+    for (size_t i = 0; i < kv_floats; i++)
+        kc[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f,
+        vc[i] = (float)((i * 104729) % 1000) / 1000.0f - 0.5f;
+    for (size_t i = 0; i < (size_t)tokens * HEADS * HD; i++)
+        q[i] = (float)((i * 15485863) % 1000) / 250.0f - 2.0f;
+    int32_t *table = malloc((size_t)blocks * sizeof *table);
+    for (int i = 0; i < blocks; i++) table[i] = (int32_t)(((int64_t)i * 40503) % blocks);
+    kernel_attn_seq *seqs = malloc((size_t)n_seqs * sizeof *seqs);
+    for (int i = 0, qs = 0, b = 0; i < n_seqs; i++) {
+        seqs[i] = (kernel_attn_seq){qs, n_q[i], n_ctx[i], table + b};
+        qs += n_q[i], b += (n_ctx[i] + BS - 1) / BS;
+    }
+    kernel_kv_layer kv = {kc, vc, blocks, BS, KV_HEADS, HD, DTYPE_F32};
+    float scale = 0.125f;
+    kernel_attention(k, out, q, &kv, seqs, n_seqs, HEADS, scale, 0); /* warm up */
+    double best = 1e9;
+    for (int rep = 0; rep < 7; rep++) {
+        int iters = 0;
+        double t0 = nt == 1 ? cpu_now_s() : now_s(), t;
+        do {
+            kernel_attention(k, out, q, &kv, seqs, n_seqs, HEADS, scale, 0);
+            iters++;
+            t = (nt == 1 ? cpu_now_s() : now_s()) - t0;
+        } while (t < 0.05);
+        best = t / iters < best ? t / iters : best;
+    }
+    printf("  %-28s %9.1f us\n", what, best * 1e6);
+    free(kc);
+    free(vc);
+    free(q);
+    free(out);
+    free(table);
+    free(seqs);
+}
+
+static int bench_attention_all(int max_threads, const char *only_level) {
+    enum { DECODE = 32 };
+    int pq = 512, pctx = 512, dq[DECODE], dctx[DECODE];
+    for (int i = 0; i < DECODE; i++) dq[i] = 1, dctx[i] = 64 + (i * 193) % 449;
+    for (int s = KERNEL_SIMD_SCALAR; s < KERNEL_SIMD_COUNT; s++) {
+        if (!kernel_cpu_simd_supported((kernel_simd)s)) continue;
+        if (only_level && strcmp(only_level, kernel_simd_name((kernel_simd)s)) != 0) continue;
+        for (int nt = 1; nt <= max_threads; nt++) {
+            cinder_error err;
+            kernel_ops *k = kernel_cpu_create_simd(nt, (kernel_simd)s, &err);
+            if (!k) {
+                fprintf(stderr, "%s\n", err.msg);
+                return 1;
+            }
+            printf("%s, %d thread%s: attention, SmolLM2-135M layer (%s)\n", k->name, nt,
+                   nt > 1 ? "s" : "", nt == 1 ? "thread CPU time" : "wall time");
+            bench_attention(k, nt, "prefill 512", &pq, &pctx, 1);
+            bench_attention(k, nt, "decode 32 x 1, ctx 64-512", dq, dctx, DECODE);
+            kernel_ops_free(k);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "attn") == 0)
+        return bench_attention_all(argc > 2 ? atoi(argv[2]) : 2, argc > 3 ? argv[3] : NULL);
     int max_threads = argc > 1 ? atoi(argv[1]) : 2;
     if (max_threads < 1) max_threads = 1;
     const char *only_type = argc > 2 ? argv[2] : NULL, *only_level = argc > 3 ? argv[3] : NULL;

@@ -683,6 +683,164 @@ static void test_elementwise(void) {
     free(g), free(u), free(out), free(same), free(a), free(b), free(c);
 }
 
+/* ---- attention ---- */
+
+/* Sequences of the attention checks: 0 is prefilled whole, in chunks and in a batch, 1 and 2
+ * keep it company in the batch (2 decoding). Every position's K/V is written up front into
+ * scattered blocks of a NaN-poisoned pool, so a key read outside a sequence's context shows. */
+enum { ATTN_SEQS = 3, ATTN_HEADS_MAX = 9 };
+static const int attn_len[ATTN_SEQS] = {100, 37, 70};
+
+typedef struct attn_setup {
+    int n_heads, n_kv, hd, bs, window;
+    kernel_kv_layer kv;
+    int32_t *table[ATTN_SEQS];
+    float *q[ATTN_SEQS]; /* [attn_len, n_heads, hd] */
+    float *k[ATTN_SEQS]; /* [attn_len, n_kv, hd] */
+    float *v[ATTN_SEQS];
+} attn_setup;
+
+static void attn_setup_make(attn_setup *a, kernel_ops *k, int bs) {
+    int blocks = 0;
+    for (int i = 0; i < ATTN_SEQS; i++) blocks += (attn_len[i] + bs - 1) / bs;
+    int n_blocks = blocks + 3;
+    size_t pool = (size_t)n_blocks * a->n_kv * bs * a->hd;
+    a->kv = (kernel_kv_layer){malloc(pool * 4), malloc(pool * 4), n_blocks, bs, a->n_kv, a->hd,
+                              DTYPE_F32};
+    for (size_t i = 0; i < pool; i++) a->kv.k[i] = a->kv.v[i] = NAN;
+    int32_t *perm = malloc((size_t)n_blocks * sizeof *perm);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(rng_next() % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    for (int s = 0, b = 0; s < ATTN_SEQS; s++) {
+        int n = attn_len[s], nb = (n + bs - 1) / bs;
+        a->table[s] = malloc((size_t)nb * sizeof(int32_t));
+        memcpy(a->table[s], perm + b, (size_t)nb * sizeof(int32_t));
+        b += nb;
+        int32_t *slots = malloc((size_t)n * sizeof *slots);
+        for (int p = 0; p < n; p++) slots[p] = a->table[s][p / bs] * bs + p % bs;
+        kernel_kv_write(k, &a->kv, a->k[s], a->v[s], slots, n);
+        free(slots);
+    }
+    free(perm);
+}
+
+static void attn_setup_free_pool(attn_setup *a) {
+    free(a->kv.k);
+    free(a->kv.v);
+    for (int s = 0; s < ATTN_SEQS; s++) free(a->table[s]);
+}
+
+/* Sequence 0's queries [0, 100) in one call into out [100, n_heads, hd]. */
+static void attn_whole(kernel_ops *k, const attn_setup *a, float *out) {
+    kernel_attn_seq s = {0, attn_len[0], attn_len[0], a->table[0]};
+    kernel_attention(k, out, a->q[0], &a->kv, &s, 1, a->n_heads, 1 / sqrtf((float)a->hd),
+                     a->window);
+}
+
+static void test_attention_case(attn_setup *a) {
+    int n = attn_len[0], nh = a->n_heads, hd = a->hd, g = nh / a->n_kv;
+    size_t row = (size_t)nh * hd, bytes = (size_t)n * row * sizeof(float);
+    float scale = 1 / sqrtf((float)hd);
+    float *ref = malloc(bytes), *out = malloc(bytes), *got = malloc(bytes);
+    static const int sizes[] = {16, 1, 32, 7};
+    for (int l = 0; l < n_levels; l++) {
+        for (int b = 0; b < 4; b++) {
+            attn_setup_make(a, levels[l].ops[0], sizes[b]);
+            char what[96];
+            snprintf(what, sizeof what, "attention on %s, %d:%d heads, hd %d, window %d, bs %d",
+                     levels[l].name, nh, a->n_kv, hd, a->window, sizes[b]);
+            attn_whole(levels[l].ops[0], a, out);
+            if (b == 0) {
+                /* against double precision: within a few roundings of the largest |v| (or 1) */
+                memcpy(ref, out, bytes);
+                double worst = 0;
+                double *w = malloc((size_t)n * sizeof *w);
+                for (int t = 0; t < n; t++)
+                    for (int h = 0; h < nh; h++) {
+                        const float *qr = a->q[0] + t * row + (size_t)h * hd;
+                        int j0 = a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0;
+                        double mx = -INFINITY, sum = 0, vmax = 1;
+                        for (int j = j0; j <= t; j++) {
+                            const float *kr = a->k[0] + ((size_t)j * a->n_kv + h / g) * hd;
+                            double d = 0;
+                            for (int i = 0; i < hd; i++) d += (double)qr[i] * kr[i];
+                            w[j] = d * scale;
+                            mx = w[j] > mx ? w[j] : mx;
+                        }
+                        for (int j = j0; j <= t; j++) sum += w[j] = exp(w[j] - mx);
+                        for (int i = 0; i < hd; i++) {
+                            double o = 0;
+                            for (int j = j0; j <= t; j++) {
+                                float v = a->v[0][((size_t)j * a->n_kv + h / g) * hd + i];
+                                o += w[j] * v;
+                                vmax = fabs(v) > vmax ? fabs(v) : vmax;
+                            }
+                            double e = fabs(out[t * row + (size_t)h * hd + i] - o / sum) / vmax;
+                            worst = e > worst || isnan(e) ? e : worst;
+                        }
+                    }
+                free(w);
+                CHECK_MSG(worst <= 64 * U, "%s: off by %.3g of max |v|", what, worst);
+            } else {
+                /* spans of positions, not blocks: the block size changes nothing */
+                CHECK_MSG(memcmp(out, ref, bytes) == 0, "%s: differs from bs 16", what);
+            }
+            /* 2 and 3 threads */
+            for (int i = 1; i < 3; i++) {
+                attn_whole(levels[l].ops[i], a, got);
+                CHECK_MSG(memcmp(got, out, bytes) == 0, "%s: %d threads differ", what,
+                          thread_counts[i]);
+            }
+            /* in chunks of 7, 40 and 53 */
+            static const int cuts[] = {0, 7, 47, 100};
+            for (int c = 0; c < 3; c++) {
+                kernel_attn_seq s = {0, cuts[c + 1] - cuts[c], cuts[c + 1], a->table[0]};
+                kernel_attention(levels[l].ops[1], got + cuts[c] * row, a->q[0] + cuts[c] * row,
+                                 &a->kv, &s, 1, nh, scale, a->window);
+            }
+            CHECK_MSG(memcmp(got, out, bytes) == 0, "%s: chunks differ", what);
+            /* queries 70-99 in a batch: behind sequence 1's prompt, before 2's decode row */
+            float *bq = malloc((size_t)(37 + 30 + 1) * row * sizeof(float));
+            memcpy(bq, a->q[1], 37 * row * sizeof(float));
+            memcpy(bq + 37 * row, a->q[0] + 70 * row, 30 * row * sizeof(float));
+            memcpy(bq + 67 * row, a->q[2] + 69 * row, row * sizeof(float));
+            kernel_attn_seq bs3[3] = {
+                {0, 37, 37, a->table[1]}, {37, 30, 100, a->table[0]}, {67, 1, 70, a->table[2]}};
+            kernel_attention(levels[l].ops[2], bq, bq, &a->kv, bs3, 3, nh, scale, a->window);
+            CHECK_MSG(memcmp(bq + 37 * row, out + 70 * row, 30 * row * sizeof(float)) == 0,
+                      "%s: a batch changes a sequence's rows", what);
+            free(bq);
+            attn_setup_free_pool(a);
+        }
+    }
+    free(ref);
+    free(out);
+    free(got);
+}
+
+/* Flash attention against double precision; per level, identical bits for 1-3 threads, for a
+ * prompt in chunks, in a batch and for any block size. Head dims 64 and 128 have AVX2 kernels;
+ * 8 and 48 take the portable one. */
+static void test_attention(void) {
+    static const int dims[] = {64, 128, 8, 48}, heads[][2] = {{9, 3}, {8, 2}};
+    for (int d = 0; d < 4; d++)
+        for (int h = 0; h < 2; h++)
+            for (int window = 0; window <= 20; window += 20) {
+                attn_setup a = {
+                    .n_heads = heads[h][0], .n_kv = heads[h][1], .hd = dims[d], .window = window};
+                for (int s = 0; s < ATTN_SEQS; s++) {
+                    a.q[s] = activations_make(attn_len[s], (int64_t)a.n_heads * a.hd);
+                    a.k[s] = activations_make(attn_len[s], (int64_t)a.n_kv * a.hd);
+                    a.v[s] = activations_make(attn_len[s], (int64_t)a.n_kv * a.hd);
+                }
+                test_attention_case(&a);
+                for (int s = 0; s < ATTN_SEQS; s++) free(a.q[s]), free(a.k[s]), free(a.v[s]);
+            }
+}
+
 static void test_weight_from_tensor(void) {
     static uint8_t bytes[4 * 2 * sizeof(block_q4_1)];
     model_tensor t = {.name = "blk.0.ffn_up.weight",
@@ -851,6 +1009,7 @@ int main(void) {
     test_rope();
     test_rope_inv_freq();
     test_elementwise();
+    test_attention();
     test_weight_from_tensor();
     test_create();
     test_pool();

@@ -2,12 +2,15 @@
  *
  * Work items are (sequence, KV head, tile of queries). An item takes the query heads that
  * share its KV head (GQA) for every query of its tile - up to CPU_ATTN_ROWS rows - and walks
- * the sequence's blocks once, so each K/V row is loaded once for the whole group. Per row it
+ * the sequence's keys once, so each K/V row is loaded once for the whole group. Per row it
  * keeps the running maximum m, the running sum l and the unnormalized output acc (online
- * softmax): for each block, scores s = scale * q.k over the visible keys, then
+ * softmax): for each span of keys, scores s = scale * q.k over the visible keys, then
  *   m' = max(m, max s);  acc = acc * e^(m - m') + sum_j e^(s_j - m') v_j;  l likewise.
- * Only one block of scores exists at a time; there is no score matrix. An item is computed
- * by one thread start to end, so results do not depend on the thread count. */
+ * Spans are CPU_ATTN_SPAN positions aligned on multiples of it, whatever the block size, so a
+ * row's arithmetic depends on its query and its keys only, never on the block size, on the
+ * tile or on how the prompt was chunked. Only one span of scores per row exists at a time;
+ * there is no score matrix. An item is computed by one thread start to end, so results do
+ * not depend on the thread count. */
 #include "cpu_attention.h"
 
 #include <math.h>
@@ -19,6 +22,11 @@
 
 /* Rows (query heads x queries) an item handles at once. */
 #define CPU_ATTN_ROWS 64
+/* Keys per online-softmax update: its bookkeeping (max, rescale, exp, sum) is paid once per
+ * 32 keys rather than once per KV block (16 keys by default). */
+#define CPU_ATTN_SPAN 32
+/* Floats per row of span scores: a span plus the padding lanes of a 4-key step. */
+#define CPU_ATTN_SC_W (CPU_ATTN_SPAN + 8)
 
 void cpu_attn_scratch_free(cpu_attn_scratch *s) {
     free(s->buf);
@@ -68,6 +76,63 @@ typedef struct attn_args {
     bool avx2; /* attn_item_avx2 for head_dim 64 and 128 */
 } attn_args;
 
+/* What an item computes: queries [t0, t1) of sequence s, KV head h; rows (t - t0) * group + gi. */
+typedef struct attn_tile {
+    const kernel_attn_seq *s;
+    int h, t0, t1, rows;
+    int32_t first_pos;      /* position of query 0 */
+    int32_t lo_pos, hi_pos; /* keys visible to any row of the tile */
+} attn_tile;
+
+static inline attn_tile attn_tile_of(const attn_args *a, int64_t item) {
+    /* Which sequence: the last whose first item is <= item. */
+    int lo = 0, hi = a->n_seqs - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (a->tile_start[mid] <= item)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    attn_tile t;
+    t.s = &a->seqs[lo];
+    int64_t local = item - a->tile_start[lo];
+    int n_tiles = (t.s->n_q + a->q_tile - 1) / a->q_tile;
+    /* A head's last tiles, which see the most keys, first: the pool hands items out in order,
+     * so the small ones are left to even the threads out at the end. */
+    t.h = (int)(local / n_tiles);
+    int tile = n_tiles - 1 - (int)(local % n_tiles);
+    t.t0 = tile * a->q_tile;
+    t.t1 = t.t0 + a->q_tile < t.s->n_q ? t.t0 + a->q_tile : t.s->n_q;
+    t.rows = (t.t1 - t.t0) * a->group;
+    t.first_pos = t.s->n_ctx - t.s->n_q;
+    t.hi_pos = t.first_pos + t.t1 - 1;
+    t.lo_pos = a->window > 0 ? t.first_pos + t.t0 - a->window + 1 : 0;
+    if (t.lo_pos < 0) t.lo_pos = 0;
+    return t;
+}
+
+/* Pointers to the K and V rows of positions [p, p + n) for KV head h. */
+static inline void attn_span_rows(const kernel_kv_layer *kv, const int32_t *table, int h, int32_t p,
+                                  int n, const float **kr, const float **vr) {
+    int bs = kv->block_size;
+    int32_t b = p / bs, off = p % bs;
+    for (int j = 0; j < n; j++) {
+        size_t row = (((size_t)table[b] * kv->n_kv_heads + h) * bs + off) * kv->head_dim;
+        kr[j] = kv->k + row;
+        vr[j] = kv->v + row;
+        if (++off == bs) off = 0, b++;
+    }
+}
+
+/* The keys of the span at position p0 that the query at qpos sees: [*jlo, *jhi), relative to
+ * p0 (empty when *jhi <= *jlo). Both bounds grow with qpos. */
+static inline void attn_span_range(int32_t qpos, int32_t p0, int window, int *jlo, int *jhi) {
+    int32_t lo = window > 0 ? qpos - window + 1 - p0 : 0, hi = qpos - p0 + 1;
+    *jlo = lo > 0 ? (int)lo : 0;
+    *jhi = hi < CPU_ATTN_SPAN ? (int)hi : CPU_ATTN_SPAN;
+}
+
 /* q.k over hd values with 8 partial sums (vectorizes; the order is fixed). */
 static inline float attn_dot(const float *a, const float *b, int hd) {
     float s[8] = {0};
@@ -86,54 +151,35 @@ static inline float attn_dot(const float *a, const float *b, int hd) {
 __attribute__((target_clones("avx2", "default")))
 #endif
 static void attn_item(const attn_args *a, int64_t item, float *scratch) {
-    /* Which sequence: the last whose first item is <= item. */
-    int lo = 0, hi = a->n_seqs - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (a->tile_start[mid] <= item) lo = mid;
-        else hi = mid - 1;
-    }
-    const kernel_attn_seq *s = &a->seqs[lo];
-    const kernel_kv_layer *kv = a->kv;
-    int hd = kv->head_dim, bs = kv->block_size, nkv = kv->n_kv_heads, g = a->group;
-    int64_t local = item - a->tile_start[lo];
-    int n_tiles = (s->n_q + a->q_tile - 1) / a->q_tile;
-    int h = (int)(local / n_tiles), tile = (int)(local % n_tiles);
-    int t0 = tile * a->q_tile, t1 = t0 + a->q_tile < s->n_q ? t0 + a->q_tile : s->n_q;
-    int rows = (t1 - t0) * g;
-    int32_t first_pos = s->n_ctx - s->n_q; /* position of query 0 */
-
+    attn_tile tl = attn_tile_of(a, item);
+    const kernel_attn_seq *s = tl.s;
+    int hd = a->kv->head_dim, g = a->group, rows = tl.rows;
     float *acc = scratch, *m = acc + (size_t)rows * hd, *l = m + rows, *sc = l + rows;
     for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
     memset(acc, 0, (size_t)rows * hd * sizeof(float));
 
-    /* Keys visible to any row of the tile: [lo_pos, hi_pos]. */
-    int32_t hi_pos = first_pos + t1 - 1;
-    int32_t lo_pos = a->window > 0 ? first_pos + t0 - a->window + 1 : 0;
-    if (lo_pos < 0) lo_pos = 0;
-    for (int32_t b = lo_pos / bs; b <= hi_pos / bs; b++) {
-        int32_t blk = s->block_table[b];
-        const float *kb = kv->k + ((size_t)blk * nkv + h) * bs * hd;
-        const float *vb = kv->v + ((size_t)blk * nkv + h) * bs * hd;
-        int32_t p0 = b * bs;
-        int j_end = hi_pos - p0 + 1 < bs ? hi_pos - p0 + 1 : bs;
-        for (int t = t0; t < t1; t++) {
-            int32_t qpos = first_pos + t;
-            /* The keys this query sees in the block: [j_lo, j_hi). */
-            int j_hi = qpos - p0 + 1 < j_end ? qpos - p0 + 1 : j_end;
-            int j_lo = a->window > 0 ? qpos - a->window + 1 - p0 : 0;
-            if (j_lo < 0) j_lo = 0;
+    const float *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
+    for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
+         p0 += CPU_ATTN_SPAN) {
+        int j_beg = tl.lo_pos > p0 ? tl.lo_pos - p0 : 0;
+        int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
+        attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kr + j_beg,
+                       vr + j_beg);
+        for (int t = tl.t0; t < tl.t1; t++) {
+            int j_lo, j_hi;
+            attn_span_range(tl.first_pos + t, p0, a->window, &j_lo, &j_hi);
             if (j_hi <= j_lo) continue;
             for (int gi = 0; gi < g; gi++) {
-                int r = (t - t0) * g + gi;
-                const float *qr = a->q + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * hd;
+                int r = (t - tl.t0) * g + gi;
+                const float *qr =
+                    a->q + ((size_t)(s->q_start + t) * a->n_heads + tl.h * g + gi) * hd;
                 float bmax = -INFINITY;
                 for (int j = j_lo; j < j_hi; j++) {
-                    sc[j] = attn_dot(qr, kb + (size_t)j * hd, hd) * a->scale;
+                    sc[j] = attn_dot(qr, kr[j], hd) * a->scale;
                     if (sc[j] > bmax) bmax = sc[j];
                 }
                 float m_new = m[r] > bmax ? m[r] : bmax;
-                float corr = expf(m[r] - m_new); /* 0 on the first block (m = -inf) */
+                float corr = expf(m[r] - m_new); /* 0 on the first span (m = -inf) */
                 float *ar = acc + (size_t)r * hd;
                 if (corr != 1.0f)
                     for (int i = 0; i < hd; i++) ar[i] *= corr;
@@ -141,35 +187,40 @@ static void attn_item(const attn_args *a, int64_t item, float *scratch) {
                 for (int j = j_lo; j < j_hi; j++) {
                     float p = expf(sc[j] - m_new);
                     sum += p;
-                    const float *vr = vb + (size_t)j * hd;
-                    for (int i = 0; i < hd; i++) ar[i] += p * vr[i];
+                    for (int i = 0; i < hd; i++) ar[i] += p * vr[j][i];
                 }
                 l[r] = l[r] * corr + sum;
                 m[r] = m_new;
             }
         }
     }
-    for (int t = t0; t < t1; t++)
+    for (int t = tl.t0; t < tl.t1; t++)
         for (int gi = 0; gi < g; gi++) {
-            int r = (t - t0) * g + gi;
-            float *o = a->out + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * hd;
+            int r = (t - tl.t0) * g + gi;
+            float *o = a->out + ((size_t)(s->q_start + t) * a->n_heads + tl.h * g + gi) * hd;
             float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f; /* every query sees itself, so l > 0 */
             for (int i = 0; i < hd; i++) o[i] = acc[(size_t)r * hd + i] * inv;
         }
 }
 
 #if defined(__x86_64__)
-/* The same item in AVX2 for a head dim HD of 64 or 128 (a row's output lives in registers
- * while a block's keys go by), with exp as a polynomial (cpu_exp.h). Each row's arithmetic
- * depends only on its own query and the keys it sees, never on the other rows of the tile:
- * scores four keys at a time (a key past the last is a copy of it, its score dropped), the
- * four dot products reduced by one fixed tree; then exp, the block's sum and the V update in
- * key order. */
+/* The same item in AVX2 for a head dim HD of 64 or 128, with exp as a polynomial (cpu_exp.h).
+ * Rows go in groups that share each K and V load: six (else three) rows that see the same
+ * keys of the span - in every span of a prefill tile but the diagonal ones, in all of a
+ * decode item's - else pairs, else one row alone. Grouping is for speed only: each row's
+ * arithmetic is a fixed function of its own query and the keys it sees, whichever group it
+ * goes in:
+ *   - a score: the 8-lane products of q and k summed over HD in order, then one fixed tree
+ *     (attn_hsum4), times scale;
+ *   - the span's maximum (exact in any order); e^(s - m') by the polynomial (elementwise);
+ *   - the span's sum of e^(s - m') by span lane (key position mod 8, 0 for keys not seen,
+ *     which adds nothing), then one fixed tree;
+ *   - acc * e^(m - m'), then one FMA per key seen, in key order. */
 #define ATTN_TARGET __attribute__((target("avx2,fma")))
+#define ATTN_INLINE static inline __attribute__((always_inline))
 
 /* [dot(a0), dot(a1), dot(a2), dot(a3)] from four 8-lane partial sums */
-ATTN_TARGET static inline __attribute__((always_inline)) __m128 attn_hsum4(__m256 a0, __m256 a1,
-                                                                           __m256 a2, __m256 a3) {
+ATTN_TARGET ATTN_INLINE __m128 attn_hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     __m256 u0 = _mm256_add_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
     __m256 u1 = _mm256_add_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
     __m256 w = _mm256_add_ps(_mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(1, 0, 1, 0)),
@@ -177,129 +228,299 @@ ATTN_TARGET static inline __attribute__((always_inline)) __m128 attn_hsum4(__m25
     return _mm_add_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
 }
 
-ATTN_TARGET static inline __attribute__((always_inline)) void
-attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch, const int HD) {
+/* A K or V vector for R rows: with R > 1 held in a register, else GCC folds the load into
+ * each row's FMA and loads the vector R times. */
+ATTN_TARGET ATTN_INLINE __m256 attn_load(const float *p, const int R) {
+    __m256 x = _mm256_loadu_ps(p);
+    if (R > 1) __asm__("" : "+x"(x));
+    return x;
+}
+
+/* Scores of keys [j_lo, j_hi) of the span for R (1 or 2) rows into sc[r][j], four keys at a
+ * time (a key past the last is a copy of it; up to 3 lanes past j_hi are written). */
+ATTN_TARGET ATTN_INLINE void attn_scores(const float *const *q, float *const *sc,
+                                         const float *const *kr, int j_lo, int j_hi, __m128 scale,
+                                         const int R, const int HD) {
     enum { NV_MAX = 16 };
     const int NV = HD / 8;
-    int lo = 0, hi = a->n_seqs - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (a->tile_start[mid] <= item)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    const kernel_attn_seq *s = &a->seqs[lo];
-    const kernel_kv_layer *kv = a->kv;
-    int bs = kv->block_size, nkv = kv->n_kv_heads, g = a->group;
-    int64_t local = item - a->tile_start[lo];
-    int n_tiles = (s->n_q + a->q_tile - 1) / a->q_tile;
-    int h = (int)(local / n_tiles), tile = (int)(local % n_tiles);
-    int t0 = tile * a->q_tile, t1 = t0 + a->q_tile < s->n_q ? t0 + a->q_tile : s->n_q;
-    int rows = (t1 - t0) * g;
-    int32_t first_pos = s->n_ctx - s->n_q;
-
-    float *acc = scratch, *m = acc + (size_t)rows * HD, *l = m + rows, *sc = l + rows;
-    for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
-    memset(acc, 0, (size_t)rows * HD * sizeof(float));
-    const __m256 scale = _mm256_set1_ps(a->scale);
-
-    int32_t hi_pos = first_pos + t1 - 1;
-    int32_t lo_pos = a->window > 0 ? first_pos + t0 - a->window + 1 : 0;
-    if (lo_pos < 0) lo_pos = 0;
-    for (int32_t b = lo_pos / bs; b <= hi_pos / bs; b++) {
-        int32_t blk = s->block_table[b];
-        const float *kb = kv->k + ((size_t)blk * nkv + h) * bs * HD;
-        const float *vb = kv->v + ((size_t)blk * nkv + h) * bs * HD;
-        int32_t p0 = b * bs;
-        int j_end = hi_pos - p0 + 1 < bs ? hi_pos - p0 + 1 : bs;
-        for (int t = t0; t < t1; t++) {
-            int32_t qpos = first_pos + t;
-            int j_hi = qpos - p0 + 1 < j_end ? qpos - p0 + 1 : j_end;
-            int j_lo = a->window > 0 ? qpos - a->window + 1 - p0 : 0;
-            if (j_lo < 0) j_lo = 0;
-            if (j_hi <= j_lo) continue;
-            for (int gi = 0; gi < g; gi++) {
-                int r = (t - t0) * g + gi;
-                const float *qr = a->q + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * HD;
-                __m256 qv[NV_MAX];
-                for (int v = 0; v < NV; v++) qv[v] = _mm256_loadu_ps(qr + 8 * v);
-                /* scores, four keys at a time; the block's max on the way (a padding lane
-                 * repeats a real key's score) */
-                __m128 vmax = _mm_set1_ps(-INFINITY);
-                for (int j = j_lo; j < j_hi; j += 4) {
-                    const float *k0 = kb + (size_t)j * HD;
-                    const float *k1 = j + 1 < j_hi ? k0 + HD : k0;
-                    const float *k2 = j + 2 < j_hi ? k0 + 2 * HD : k0;
-                    const float *k3 = j + 3 < j_hi ? k0 + 3 * HD : k0;
-                    __m256 d0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0));
-                    __m256 d1 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k1));
-                    __m256 d2 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k2));
-                    __m256 d3 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k3));
-                    for (int v = 1; v < NV; v++) {
-                        d0 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k0 + 8 * v), d0);
-                        d1 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k1 + 8 * v), d1);
-                        d2 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k2 + 8 * v), d2);
-                        d3 = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k3 + 8 * v), d3);
-                    }
-                    __m128 s4 =
-                        _mm_mul_ps(attn_hsum4(d0, d1, d2, d3), _mm256_castps256_ps128(scale));
-                    vmax = _mm_max_ps(vmax, s4);
-                    if (j + 4 <= j_hi) {
-                        _mm_storeu_ps(sc + j, s4);
-                    } else {
-                        float tmp4[4];
-                        _mm_storeu_ps(tmp4, s4);
-                        memcpy(sc + j, tmp4, (size_t)(j_hi - j) * sizeof(float));
-                    }
-                }
-                vmax = _mm_max_ps(vmax, _mm_movehl_ps(vmax, vmax));
-                vmax = _mm_max_ss(vmax, _mm_movehdup_ps(vmax));
-                float bmax = _mm_cvtss_f32(vmax);
-                float m_new = m[r] > bmax ? m[r] : bmax;
-                float corr = expf(m[r] - m_new); /* 0 on the first block (m = -inf) */
-                /* p = exp(s - m_new) in place, eight at a time (lanes past j_hi unused) */
-                __m256 mv = _mm256_set1_ps(m_new);
-                for (int j = j_lo; j < j_hi; j += 8) {
-                    __m256 x;
-                    if (j + 8 <= j_hi) {
-                        x = _mm256_loadu_ps(sc + j);
-                    } else {
-                        float tmp8[8] = {0};
-                        memcpy(tmp8, sc + j, (size_t)(j_hi - j) * sizeof(float));
-                        x = _mm256_loadu_ps(tmp8);
-                    }
-                    __m256 p = cpu_exp_avx2(_mm256_sub_ps(x, mv));
-                    if (j + 8 <= j_hi) {
-                        _mm256_storeu_ps(sc + j, p);
-                    } else {
-                        float tmp8[8];
-                        _mm256_storeu_ps(tmp8, p);
-                        memcpy(sc + j, tmp8, (size_t)(j_hi - j) * sizeof(float));
-                    }
-                }
-                float *ar = acc + (size_t)r * HD;
-                __m256 av[NV_MAX];
-                const __m256 cv = _mm256_set1_ps(corr);
-                for (int v = 0; v < NV; v++) av[v] = _mm256_mul_ps(_mm256_loadu_ps(ar + 8 * v), cv);
-                float sum = 0;
-                for (int j = j_lo; j < j_hi; j++) {
-                    sum += sc[j];
-                    const __m256 pv = _mm256_set1_ps(sc[j]);
-                    const float *vr = vb + (size_t)j * HD;
-                    for (int v = 0; v < NV; v++)
-                        av[v] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * v), av[v]);
-                }
-                for (int v = 0; v < NV; v++) _mm256_storeu_ps(ar + 8 * v, av[v]);
-                l[r] = l[r] * corr + sum;
-                m[r] = m_new;
+    __m256 q0[NV_MAX];
+    if (R == 1)
+        for (int v = 0; v < NV; v++) q0[v] = _mm256_loadu_ps(q[0] + 8 * v);
+    for (int j = j_lo; j < j_hi; j += 4) {
+        const float *k0 = kr[j];
+        const float *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
+        const float *k2 = j + 2 < j_hi ? kr[j + 2] : k0;
+        const float *k3 = j + 3 < j_hi ? kr[j + 3] : k0;
+        __m256 d[2][4];
+        for (int r = 0; r < R; r++) {
+            __m256 qv = R == 1 ? q0[0] : _mm256_loadu_ps(q[r]);
+            d[r][0] = _mm256_mul_ps(qv, _mm256_loadu_ps(k0));
+            d[r][1] = _mm256_mul_ps(qv, _mm256_loadu_ps(k1));
+            d[r][2] = _mm256_mul_ps(qv, _mm256_loadu_ps(k2));
+            d[r][3] = _mm256_mul_ps(qv, _mm256_loadu_ps(k3));
+        }
+        for (int v = 1; v < NV; v++) {
+            __m256 kv0 = attn_load(k0 + 8 * v, R), kv1 = attn_load(k1 + 8 * v, R);
+            __m256 kv2 = attn_load(k2 + 8 * v, R), kv3 = attn_load(k3 + 8 * v, R);
+            for (int r = 0; r < R; r++) {
+                __m256 qv = R == 1 ? q0[v] : _mm256_loadu_ps(q[r] + 8 * v);
+                d[r][0] = _mm256_fmadd_ps(qv, kv0, d[r][0]);
+                d[r][1] = _mm256_fmadd_ps(qv, kv1, d[r][1]);
+                d[r][2] = _mm256_fmadd_ps(qv, kv2, d[r][2]);
+                d[r][3] = _mm256_fmadd_ps(qv, kv3, d[r][3]);
             }
         }
+        for (int r = 0; r < R; r++)
+            _mm_storeu_ps(sc[r] + j,
+                          _mm_mul_ps(attn_hsum4(d[r][0], d[r][1], d[r][2], d[r][3]), scale));
     }
-    for (int t = t0; t < t1; t++)
+}
+
+/* The online-softmax update of one row over its keys [j_lo, j_hi) of the span: sc (scores,
+ * CPU_ATTN_SPAN of them) becomes e^(s - m') there and 0 elsewhere; m and l move on. Returns
+ * e^(m - m'), the factor for acc. */
+ATTN_TARGET ATTN_INLINE float attn_softmax(float *sc, int j_lo, int j_hi, float *m, float *l) {
+    enum { NC = CPU_ATTN_SPAN / 8 };
+    const __m256 lo = _mm256_set1_ps((float)j_lo), hi = _mm256_set1_ps((float)j_hi);
+    __m256 idx = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), s[NC], seen[NC];
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (int c = 0; c < NC; c++) {
+        seen[c] =
+            _mm256_and_ps(_mm256_cmp_ps(idx, lo, _CMP_GE_OQ), _mm256_cmp_ps(idx, hi, _CMP_LT_OQ));
+        s[c] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_loadu_ps(sc + 8 * c), seen[c]);
+        vmax = _mm256_max_ps(vmax, s[c]);
+        idx = _mm256_add_ps(idx, _mm256_set1_ps(8));
+    }
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    float bmax = _mm_cvtss_f32(x);
+    float m_new = *m > bmax ? *m : bmax;
+    float corr = expf(*m - m_new); /* 0 on the first span (m = -inf) */
+    const __m256 mv = _mm256_set1_ps(m_new);
+    __m256 p[NC];
+    for (int c = 0; c < NC; c++) {
+        p[c] = _mm256_and_ps(seen[c], cpu_exp_avx2(_mm256_sub_ps(s[c], mv)));
+        _mm256_storeu_ps(sc + 8 * c, p[c]);
+    }
+    for (int w = 1; w < NC; w *= 2) /* pairwise: (p0 + p1) + (p2 + p3) for 4 */
+        for (int c = 0; c < NC; c += 2 * w) p[c] = _mm256_add_ps(p[c], p[c + w]);
+    x = _mm_add_ps(_mm256_castps256_ps128(p[0]), _mm256_extractf128_ps(p[0], 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    *l = *l * corr + _mm_cvtss_f32(x);
+    *m = m_new;
+    return corr;
+}
+
+/* acc += p[j] v_j for keys [j_lo, j_hi), over the 8 * N values of acc (in registers). */
+ATTN_TARGET ATTN_INLINE void attn_v1(__m256 *acc, const float *p, const float *const *vr, int off,
+                                     int j_lo, int j_hi, const int N) {
+    for (int j = j_lo; j < j_hi; j++) {
+        const __m256 pv = _mm256_set1_ps(p[j]);
+        for (int v = 0; v < N; v++)
+            acc[v] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr[j] + off + 8 * v), acc[v]);
+    }
+}
+
+/* One row alone over its keys [j_lo, j_hi) of the span. */
+ATTN_TARGET ATTN_INLINE void attn_row1(const float *q, float *sc, float *acc, float *m, float *l,
+                                       const float *const *kr, const float *const *vr, int j_lo,
+                                       int j_hi, __m128 scale, const int HD) {
+    enum { NV_MAX = 16 };
+    const int NV = HD / 8;
+    attn_scores(&q, &sc, kr, j_lo, j_hi, scale, 1, HD);
+    const __m256 cv = _mm256_set1_ps(attn_softmax(sc, j_lo, j_hi, m, l));
+    __m256 av[NV_MAX];
+    for (int v = 0; v < NV; v++) av[v] = _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * v), cv);
+    attn_v1(av, sc, vr, 0, j_lo, j_hi, NV);
+    for (int v = 0; v < NV; v++) _mm256_storeu_ps(acc + 8 * v, av[v]);
+}
+
+/* Rows a and b together, a's query before b's (or the same): a sees [lo_a, hi_a), b
+ * [lo_b, hi_b), lo_a <= lo_b and hi_a <= hi_b. */
+ATTN_TARGET ATTN_INLINE void attn_row2(const float *qa, const float *qb, float *sca, float *scb,
+                                       float *acca, float *accb, float *m, float *l,
+                                       const float *const *kr, const float *const *vr, int lo_a,
+                                       int hi_a, int lo_b, int hi_b, __m128 scale, const int HD) {
+    const float *q[2] = {qa, qb};
+    float *sc[2] = {sca, scb};
+    attn_scores(q, sc, kr, lo_a, hi_b, scale, 2, HD);
+    const __m256 ca = _mm256_set1_ps(attn_softmax(sca, lo_a, hi_a, &m[0], &l[0]));
+    const __m256 cb = _mm256_set1_ps(attn_softmax(scb, lo_b, hi_b, &m[1], &l[1]));
+    /* keys a alone sees, then both, then b alone: each row still takes its keys in order */
+    int both_lo = lo_b, both_hi = hi_a < lo_b ? lo_b : hi_a;
+    int a_end = hi_a < lo_b ? hi_a : lo_b;
+    /* 32 values of both rows at a time: 8 accumulators, each V load used twice */
+    for (int off = 0; off < HD; off += 32) {
+        __m256 a4[4], b4[4];
+        for (int v = 0; v < 4; v++) {
+            a4[v] = _mm256_mul_ps(_mm256_loadu_ps(acca + off + 8 * v), ca);
+            b4[v] = _mm256_mul_ps(_mm256_loadu_ps(accb + off + 8 * v), cb);
+        }
+        attn_v1(a4, sca, vr, off, lo_a, a_end, 4);
+        for (int j = both_lo; j < both_hi; j++) {
+            const __m256 pa = _mm256_set1_ps(sca[j]), pb = _mm256_set1_ps(scb[j]);
+            for (int v = 0; v < 4; v++) {
+                const __m256 vv = attn_load(vr[j] + off + 8 * v, 2);
+                a4[v] = _mm256_fmadd_ps(pa, vv, a4[v]);
+                b4[v] = _mm256_fmadd_ps(pb, vv, b4[v]);
+            }
+        }
+        attn_v1(b4, scb, vr, off, both_hi, hi_b, 4);
+        for (int v = 0; v < 4; v++) {
+            _mm256_storeu_ps(acca + off + 8 * v, a4[v]);
+            _mm256_storeu_ps(accb + off + 8 * v, b4[v]);
+        }
+    }
+}
+
+/* R rows (ATTN_WIDE or 3), consecutive in q, sc and acc, that all see keys [j_lo, j_hi) of
+ * the span: scores two keys x R rows at a time, V sixteen values x R rows. Six rows make
+ * twelve FMA chains with 2/3 of a K or V load per FMA (a pair: eight chains, 3/4). */
+#define ATTN_WIDE 6
+ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *acc, float *m,
+                                            float *l, const float *const *kr,
+                                            const float *const *vr, int j_lo, int j_hi,
+                                            __m128 scale, const int R, const int HD) {
+    enum { W = CPU_ATTN_SC_W };
+    const int NV = HD / 8;
+    for (int j = j_lo; j < j_hi; j += 2) {
+        const float *k0 = kr[j], *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
+        __m256 d[ATTN_WIDE][2];
+        __m256 kv0 = attn_load(k0, R), kv1 = attn_load(k1, R);
+        for (int r = 0; r < R; r++) {
+            __m256 qv = _mm256_loadu_ps(q + r * HD);
+            d[r][0] = _mm256_mul_ps(qv, kv0);
+            d[r][1] = _mm256_mul_ps(qv, kv1);
+        }
+        for (int v = 1; v < NV; v++) {
+            kv0 = attn_load(k0 + 8 * v, R), kv1 = attn_load(k1 + 8 * v, R);
+            for (int r = 0; r < R; r++) {
+                __m256 qv = _mm256_loadu_ps(q + r * HD + 8 * v);
+                d[r][0] = _mm256_fmadd_ps(qv, kv0, d[r][0]);
+                d[r][1] = _mm256_fmadd_ps(qv, kv1, d[r][1]);
+            }
+        }
+        /* attn_hsum4 reduces each of its four inputs by the same tree, in whichever slot */
+        for (int r = 0; r < R; r += 2) {
+            int r1 = r + 1 < R ? r + 1 : r;
+            __m128 x = _mm_mul_ps(attn_hsum4(d[r][0], d[r][1], d[r1][0], d[r1][1]), scale);
+            _mm_storel_pi((__m64 *)(sc + r * W + j), x);
+            _mm_storeh_pi((__m64 *)(sc + r1 * W + j), x);
+        }
+    }
+    __m256 cv[ATTN_WIDE];
+    for (int r = 0; r < R; r++)
+        cv[r] = _mm256_set1_ps(attn_softmax(sc + r * W, j_lo, j_hi, &m[r], &l[r]));
+    for (int off = 0; off < HD; off += 16) {
+        __m256 av[ATTN_WIDE][2];
+        for (int r = 0; r < R; r++) {
+            av[r][0] = _mm256_mul_ps(_mm256_loadu_ps(acc + r * HD + off), cv[r]);
+            av[r][1] = _mm256_mul_ps(_mm256_loadu_ps(acc + r * HD + off + 8), cv[r]);
+        }
+        for (int j = j_lo; j < j_hi; j++) {
+            const __m256 v0 = attn_load(vr[j] + off, R), v1 = attn_load(vr[j] + off + 8, R);
+            for (int r = 0; r < R; r++) {
+                const __m256 pv = _mm256_set1_ps(sc[r * W + j]);
+                av[r][0] = _mm256_fmadd_ps(pv, v0, av[r][0]);
+                av[r][1] = _mm256_fmadd_ps(pv, v1, av[r][1]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            _mm256_storeu_ps(acc + r * HD + off, av[r][0]);
+            _mm256_storeu_ps(acc + r * HD + off + 8, av[r][1]);
+        }
+    }
+}
+
+/* Prefetches rows [p, p + n) of c (the K or the V pool) for KV head h. A decode item reads
+ * its keys from memory with few FMAs per byte: this span's V and the next span's K stream in
+ * while the scores are computed, and the V pass, which reads each row in pieces, hits L1. */
+ATTN_TARGET ATTN_INLINE void attn_prefetch(const float *c, const kernel_kv_layer *kv,
+                                           const int32_t *table, int h, int32_t p, int n) {
+    int bs = kv->block_size;
+    while (n > 0) {
+        int32_t off = p % bs, cnt = bs - off < n ? bs - off : n;
+        const char *row =
+            (const char *)(c + (((size_t)table[p / bs] * kv->n_kv_heads + h) * bs + off) *
+                                   kv->head_dim);
+        for (size_t b = 0; b < (size_t)cnt * kv->head_dim * sizeof(float); b += 64)
+            _mm_prefetch(row + b, _MM_HINT_T0);
+        p += cnt, n -= cnt;
+    }
+}
+
+ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch,
+                                               const int HD) {
+    attn_tile tl = attn_tile_of(a, item);
+    const kernel_attn_seq *s = tl.s;
+    int g = a->group, rows = tl.rows;
+    float *acc = scratch, *m = acc + (size_t)rows * HD, *l = m + rows, *sc = l + rows;
+    float *qt = sc + (size_t)rows * CPU_ATTN_SC_W; /* the rows' queries, row after row */
+    for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
+    memset(acc, 0, (size_t)rows * HD * sizeof(float));
+    for (int t = tl.t0; t < tl.t1; t++)
+        memcpy(qt + (size_t)(t - tl.t0) * g * HD,
+               a->q + ((size_t)(s->q_start + t) * a->n_heads + tl.h * g) * HD,
+               (size_t)g * HD * sizeof(float));
+    const __m128 scale = _mm_set1_ps(a->scale);
+#define ATTN_Q(r) (qt + (size_t)(r)*HD)
+
+    const float *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
+    for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
+         p0 += CPU_ATTN_SPAN) {
+        int j_beg = tl.lo_pos > p0 ? tl.lo_pos - p0 : 0;
+        int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
+        attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kr + j_beg,
+                       vr + j_beg);
+        attn_prefetch(a->kv->v, a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg);
+        if (p0 + CPU_ATTN_SPAN <= tl.hi_pos) {
+            int32_t n_next = tl.hi_pos + 1 - (p0 + CPU_ATTN_SPAN);
+            attn_prefetch(a->kv->k, a->kv, s->block_table, tl.h, p0 + CPU_ATTN_SPAN,
+                          n_next < CPU_ATTN_SPAN ? n_next : CPU_ATTN_SPAN);
+        }
+        for (int r = 0; r < rows;) {
+            int n_wide = rows - r >= ATTN_WIDE ? ATTN_WIDE : rows - r >= 3 ? 3 : 0;
+            if (n_wide) {
+                int lo0, hi0, lo1, hi1;
+                attn_span_range(tl.first_pos + tl.t0 + r / g, p0, a->window, &lo0, &hi0);
+                attn_span_range(tl.first_pos + tl.t0 + (r + n_wide - 1) / g, p0, a->window, &lo1,
+                                &hi1);
+                if (lo0 == lo1 && hi0 == hi1 && hi0 > lo0) { /* bounds grow with r: all equal */
+                    float *scr = sc + (size_t)r * CPU_ATTN_SC_W, *accr = acc + (size_t)r * HD;
+                    if (n_wide == ATTN_WIDE)
+                        attn_rows_wide(ATTN_Q(r), scr, accr, m + r, l + r, kr, vr, lo0, hi0, scale,
+                                       ATTN_WIDE, HD);
+                    else
+                        attn_rows_wide(ATTN_Q(r), scr, accr, m + r, l + r, kr, vr, lo0, hi0, scale,
+                                       3, HD);
+                    r += n_wide;
+                    continue;
+                }
+            }
+            int lo_a, hi_a, lo_b = 0, hi_b = 0;
+            attn_span_range(tl.first_pos + tl.t0 + r / g, p0, a->window, &lo_a, &hi_a);
+            if (r + 1 < rows)
+                attn_span_range(tl.first_pos + tl.t0 + (r + 1) / g, p0, a->window, &lo_b, &hi_b);
+            bool ra = hi_a > lo_a, rb = hi_b > lo_b;
+            float *sca = sc + (size_t)r * CPU_ATTN_SC_W, *acca = acc + (size_t)r * HD;
+            if (ra && rb)
+                attn_row2(ATTN_Q(r), ATTN_Q(r + 1), sca, sca + CPU_ATTN_SC_W, acca, acca + HD,
+                          m + r, l + r, kr, vr, lo_a, hi_a, lo_b, hi_b, scale, HD);
+            else if (ra)
+                attn_row1(ATTN_Q(r), sca, acca, m + r, l + r, kr, vr, lo_a, hi_a, scale, HD);
+            else if (rb)
+                attn_row1(ATTN_Q(r + 1), sca + CPU_ATTN_SC_W, acca + HD, m + r + 1, l + r + 1, kr,
+                          vr, lo_b, hi_b, scale, HD);
+            r += 2;
+        }
+    }
+#undef ATTN_Q
+    for (int t = tl.t0; t < tl.t1; t++)
         for (int gi = 0; gi < g; gi++) {
-            int r = (t - t0) * g + gi;
-            float *o = a->out + ((size_t)(s->q_start + t) * a->n_heads + h * g + gi) * HD;
+            int r = (t - tl.t0) * g + gi;
+            float *o = a->out + ((size_t)(s->q_start + t) * a->n_heads + tl.h * g + gi) * HD;
             float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
             for (int i = 0; i < HD; i++) o[i] = acc[(size_t)r * HD + i] * inv;
         }
@@ -333,10 +554,10 @@ void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scr, float *out, const floa
                    const kernel_kv_layer *kv, const kernel_attn_seq *seqs, int n_seqs,
                    int n_heads, float scale, int window, bool avx2) {
     CN_ASSERT(n_seqs > 0 && kv->n_kv_heads > 0 && n_heads % kv->n_kv_heads == 0);
-    int g = n_heads / kv->n_kv_heads, hd = kv->head_dim, bs = kv->block_size;
+    int g = n_heads / kv->n_kv_heads, hd = kv->head_dim;
     int q_tile = CPU_ATTN_ROWS / g > 1 ? CPU_ATTN_ROWS / g : 1;
     int rows = q_tile * g;
-    size_t per_thread = (size_t)rows * hd + 2 * (size_t)rows + (size_t)bs;
+    size_t per_thread = (size_t)rows * (2 * hd + 2 + CPU_ATTN_SC_W);
     per_thread = (per_thread + 15) & ~(size_t)15; /* 64-byte apart, no false sharing */
     int n_threads = cpu_pool_n_threads(pool);
 
