@@ -413,9 +413,9 @@ static void gemm_multi_ranges(void *arg, int64_t k0, int64_t k1, int thread) {
     }
 }
 
-/* One hand-off to the pool instead of one per weight (decode at batch 1 spends about as long
- * waking threads as computing a 192-row K), and the activations quantized once. Each output
- * is computed by the same kernel as in cpu_matmul, so it has the same bits. */
+/* One hand-off to the pool instead of one per weight (at batch 1 a K or V projection is a few
+ * microseconds of work, and every hand-off waits for its slowest thread), and the activations
+ * quantized once. Each output comes from the same kernel as in cpu_matmul: the same bits. */
 static void cpu_matmul_multi(void *ctx, const kernel_matmul_out *outs, int count, const float *x,
                              int n) {
     cpu_ctx *c = ctx;
