@@ -367,7 +367,7 @@ static gemm_job cpu_gemm_job(const cpu_ctx *c, float *out, const float *x, const
     return j;
 }
 
-/* Rows per range for a job of `rows` rows: about 4 ranges per thread to even out uneven
+/* Rows per range of a weight of `rows` rows: about 4 ranges per thread to even out uneven
  * threads, but at least 16 rows and a multiple of CPU_PACK_ROWS (the prepared tiles start on
  * a group), so a range's weights are worth a pool hand-off. */
 static int64_t cpu_gemm_grain(const cpu_ctx *c, int64_t rows) {
@@ -394,12 +394,12 @@ static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weigh
 #define CPU_MULTI_MAX 8
 
 /* Several matmuls as one pool job over their ranges, one after the other: range k is range
- * k - first[i] of part i, for the i with first[i] <= k < first[i + 1]. Each range lies in
- * one weight and starts on a multiple of grain, like a matmul's own. */
+ * k - first[i] of part i, for the i with first[i] <= k < first[i + 1]. A part's ranges are
+ * those its own matmul call would run (the same grain). */
 typedef struct gemm_multi_job {
     gemm_job part[CPU_MULTI_MAX];
+    int64_t grain[CPU_MULTI_MAX];
     int64_t first[CPU_MULTI_MAX + 1];
-    int64_t grain;
 } gemm_multi_job;
 
 static void gemm_multi_ranges(void *arg, int64_t k0, int64_t k1, int thread) {
@@ -408,7 +408,7 @@ static void gemm_multi_ranges(void *arg, int64_t k0, int64_t k1, int thread) {
     for (int64_t k = k0; k < k1; k++) {
         while (k >= j->first[i + 1]) i++;
         const gemm_job *p = &j->part[i];
-        int64_t r0 = (k - j->first[i]) * j->grain, r1 = r0 + j->grain;
+        int64_t r0 = (k - j->first[i]) * j->grain[i], r1 = r0 + j->grain[i];
         p->fn(&p->args, r0, r1 < p->args.w->rows ? r1 : p->args.w->rows);
     }
 }
@@ -433,14 +433,12 @@ static void cpu_matmul_multi(void *ctx, const kernel_matmul_out *outs, int count
     for (int i0 = 0; i0 < count; i0 += CPU_MULTI_MAX) {
         int parts = count - i0 < CPU_MULTI_MAX ? count - i0 : CPU_MULTI_MAX;
         gemm_multi_job j;
-        int64_t rows = 0;
-        for (int i = 0; i < parts; i++) rows += outs[i0 + i].w->rows;
-        j.grain = cpu_gemm_grain(c, rows);
         j.first[0] = 0;
         for (int i = 0; i < parts; i++) {
             const kernel_matmul_out *o = &outs[i0 + i];
             j.part[i] = cpu_gemm_job(c, o->out, x, o->w, n);
-            j.first[i + 1] = j.first[i] + (o->w->rows + j.grain - 1) / j.grain;
+            j.grain[i] = cpu_gemm_grain(c, o->w->rows);
+            j.first[i + 1] = j.first[i] + (o->w->rows + j.grain[i] - 1) / j.grain[i];
         }
         cpu_pool_run(c->pool, gemm_multi_ranges, &j, j.first[parts], 1);
     }
