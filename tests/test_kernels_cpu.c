@@ -414,8 +414,9 @@ static void test_matmul(void) {
         }
 }
 
-/* Runs matmul_multi over count weights (prepared first if prep) and counts the outputs whose
- * bits differ from a matmul call's; what names the case in messages. */
+/* Runs matmul_multi over count weights (prepared first if prep), through the backend's op and
+ * through kernel_matmul_multi's fallback, and counts the outputs whose bits differ from a
+ * matmul call's; what names the case in messages. */
 enum { MULTI_MAX_W = 11 };
 static int check_matmul_multi(kernel_ops *k, const test_weight *tw, int count, const float *x,
                               int n, bool prep, const char *what) {
@@ -429,17 +430,26 @@ static int check_matmul_multi(kernel_ops *k, const test_weight *tw, int count, c
         size_t bytes = (size_t)n * w[i].rows * sizeof(float);
         want[i] = malloc(bytes);
         kernel_matmul(k, want[i], x, &w[i], n);
-        outs[i] = (kernel_matmul_out){malloc(bytes), &w[i]};
-        memset(outs[i].out, 0xff, bytes); /* NaN: an output left unwritten shows */
+        outs[i] = (kernel_matmul_out){malloc(bytes), &w[i]}; /* NaN-filled before each run */
     }
-    kernel_matmul_multi(k, outs, count, x, n);
+    /* the backend's op, then the wrapper's fallback (what a backend without it runs) */
+    kernel_ops fallback = *k;
+    fallback.matmul_multi = NULL;
+    kernel_ops *run[2] = {k, &fallback};
     int bad = 0;
+    for (int r = 0; r < 2; r++) {
+        for (int i = 0; i < count; i++)
+            memset(outs[i].out, 0xff, (size_t)n * w[i].rows * sizeof(float));
+        kernel_matmul_multi(run[r], outs, count, x, n);
+        for (int i = 0; i < count; i++) {
+            bool same = memcmp(outs[i].out, want[i], (size_t)n * w[i].rows * sizeof(float)) == 0;
+            if (!same)
+                fprintf(stderr, "%s%s: weight %d (%s x %lld) differs from matmul\n", what,
+                        r ? " (fallback)" : "", i, dtype_name(w[i].type), (long long)w[i].rows);
+            bad += !same;
+        }
+    }
     for (int i = 0; i < count; i++) {
-        bool same = memcmp(outs[i].out, want[i], (size_t)n * w[i].rows * sizeof(float)) == 0;
-        if (!same)
-            fprintf(stderr, "%s: weight %d (%s x %lld) differs from matmul\n", what, i,
-                    dtype_name(w[i].type), (long long)w[i].rows);
-        bad += !same;
         free(outs[i].out);
         free(want[i]);
     }
