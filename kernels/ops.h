@@ -133,6 +133,12 @@ typedef enum kernel_act_precision {
     KERNEL_ACT_COUNT,
 } kernel_act_precision;
 
+/* One output of matmul_multi: out = x · wᵀ, out [n, w->rows]. */
+typedef struct kernel_matmul_out {
+    float *out;
+    const kernel_weight *w;
+} kernel_matmul_out;
+
 typedef struct kernel_ops kernel_ops;
 
 struct kernel_ops {
@@ -179,6 +185,14 @@ struct kernel_ops {
      * products; for F32/F16/BF16 W they stay F32. Results do not depend on the thread count,
      * nor on the other tokens of the batch. */
     void (*matmul)(void *ctx, float *out, const float *x, const kernel_weight *w, int n);
+
+    /* Optional (NULL: kernel_matmul_multi calls matmul once per weight). For each i < count,
+     * outs[i].out = x · outs[i].wᵀ, every w with x's cols (Q, K and V, or gate and up, of one
+     * normalized input): the same bits as count matmul calls, with the work they share done
+     * once (the CPU quantizes x once and hands all the rows to its threads in one job). No
+     * output may alias x or another output. */
+    void (*matmul_multi)(void *ctx, const kernel_matmul_out *outs, int count, const float *x,
+                         int n);
 
     /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).  out, gate, up [n, f]; out may
      * alias gate or up. */
@@ -330,6 +344,14 @@ static inline void kernel_rope(kernel_ops *k, float *x, const int32_t *pos, int 
 static inline void kernel_matmul(kernel_ops *k, float *out, const float *x, const kernel_weight *w,
                                  int n) {
     k->matmul(k->ctx, out, x, w, n);
+}
+static inline void kernel_matmul_multi(kernel_ops *k, const kernel_matmul_out *outs, int count,
+                                       const float *x, int n) {
+    if (k->matmul_multi) {
+        k->matmul_multi(k->ctx, outs, count, x, n);
+        return;
+    }
+    for (int i = 0; i < count; i++) k->matmul(k->ctx, outs[i].out, x, outs[i].w, n);
 }
 static inline void kernel_swiglu(kernel_ops *k, float *out, const float *gate, const float *up,
                                  int n, int f) {

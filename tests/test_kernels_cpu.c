@@ -414,6 +414,96 @@ static void test_matmul(void) {
         }
 }
 
+/* Runs matmul_multi over count weights (prepared first if prep), through the backend's op and
+ * through kernel_matmul_multi's fallback, and counts the outputs whose bits differ from a
+ * matmul call's; what names the case in messages. */
+enum { MULTI_MAX_W = 11 };
+static int check_matmul_multi(kernel_ops *k, const test_weight *tw, int count, const float *x,
+                              int n, bool prep, const char *what) {
+    kernel_weight w[MULTI_MAX_W];
+    kernel_matmul_out outs[MULTI_MAX_W];
+    float *want[MULTI_MAX_W];
+    for (int i = 0; i < count; i++) {
+        w[i] = tw[i].w;
+        cinder_error err = {0};
+        if (prep) CHECK_MSG(kernel_prepare_weight(k, &w[i], &err) == CINDER_OK, "%s", err.msg);
+        size_t bytes = (size_t)n * w[i].rows * sizeof(float);
+        want[i] = malloc(bytes);
+        kernel_matmul(k, want[i], x, &w[i], n);
+        outs[i] = (kernel_matmul_out){malloc(bytes), &w[i]}; /* NaN-filled before each run */
+    }
+    /* the backend's op, then the wrapper's fallback (what a backend without it runs) */
+    kernel_ops fallback = *k;
+    fallback.matmul_multi = NULL;
+    kernel_ops *run[2] = {k, &fallback};
+    int bad = 0;
+    for (int r = 0; r < 2; r++) {
+        for (int i = 0; i < count; i++)
+            memset(outs[i].out, 0xff, (size_t)n * w[i].rows * sizeof(float));
+        kernel_matmul_multi(run[r], outs, count, x, n);
+        for (int i = 0; i < count; i++) {
+            bool same = memcmp(outs[i].out, want[i], (size_t)n * w[i].rows * sizeof(float)) == 0;
+            if (!same)
+                fprintf(stderr, "%s%s: weight %d (%s x %lld) differs from matmul\n", what,
+                        r ? " (fallback)" : "", i, dtype_name(w[i].type), (long long)w[i].rows);
+            bad += !same;
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        free(outs[i].out);
+        free(want[i]);
+    }
+    return bad;
+}
+
+/* matmul_multi gives the bits of separate matmul calls: weight sets of one type, mixed ones
+ * (quantized beside float: one quantization, float rows on x), more weights than one job
+ * takes, row counts off the 8-row groups; file and prepared layouts; every level, both
+ * precisions, 1 and 2 threads. */
+static void test_matmul_multi(void) {
+    enum { COLS = 96 };
+    static const struct {
+        int count;
+        dtype types[MULTI_MAX_W];
+        int64_t rows[MULTI_MAX_W];
+    } sets[] = {
+        {3, {DTYPE_Q4_1, DTYPE_Q4_1, DTYPE_Q4_1}, {72, 24, 24}},
+        {2, {DTYPE_Q8_0, DTYPE_Q8_0}, {40, 40}},
+        {2, {DTYPE_F32, DTYPE_F32}, {17, 3}},
+        {1, {DTYPE_Q4_0}, {9}},
+        {5, {DTYPE_Q4_1, DTYPE_F32, DTYPE_Q8_0, DTYPE_F16, DTYPE_Q4_0}, {33, 8, 1, 13, 64}},
+        {MULTI_MAX_W,
+         {DTYPE_Q4_1, DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_BF16, DTYPE_Q4_1, DTYPE_F32, DTYPE_Q8_0,
+          DTYPE_Q4_1, DTYPE_Q4_0, DTYPE_F16, DTYPE_Q4_1},
+         {5, 16, 31, 2, 200, 7, 8, 9, 64, 3, 100}},
+    };
+    static const int ns[] = {1, 37};
+    const char *act_name[N_ACTS] = {"accurate", "int8"};
+    int bad = 0;
+    for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+        test_weight tw[MULTI_MAX_W];
+        for (int i = 0; i < sets[si].count; i++)
+            weight_make(&tw[i], sets[si].types[i], sets[si].rows[i], COLS);
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            float *x = activations_make(ns[ni], COLS);
+            for (int l = 0; l < n_levels; l++)
+                for (int a = 0; a < N_ACTS; a++)
+                    for (int ti = 0; ti < 2; ti++)
+                        for (int prep = 0; prep < 2; prep++) {
+                            char what[128];
+                            snprintf(what, sizeof what, "%s %s, %d threads%s, set %zu, n=%d",
+                                     levels[l].name, act_name[a], thread_counts[ti],
+                                     prep ? ", prepared" : "", si, ns[ni]);
+                            bad += check_matmul_multi(levels[l].acts[a][ti], tw, sets[si].count, x,
+                                                      ns[ni], prep, what);
+                        }
+            free(x);
+        }
+        for (int i = 0; i < sets[si].count; i++) weight_free(&tw[i]);
+    }
+    CHECK_MSG(bad == 0, "matmul_multi differs from separate matmuls (%d outputs)", bad);
+}
+
 /* Every level's quantizers give the blocks test_quantize and test_quantize16 describe, bit
  * for bit. */
 static void test_quantize_levels(void) {
@@ -1003,6 +1093,7 @@ int main(void) {
     levels_open();
     test_quantize_levels();
     test_matmul();
+    test_matmul_multi();
 #ifndef TEST_AVX512_EMULATED
     test_embed();
     test_rmsnorm();

@@ -403,9 +403,8 @@ static void engine_forward(void *arg) {
         const engine_layer *L = &e->layers[l];
         const kernel_kv_layer *kv = &e->kv->layers[l];
         kernel_rmsnorm(k, e->h, e->x, L->attn_norm, n, d, c->norm_eps);
-        kernel_matmul(k, e->q, e->h, &L->wq, n);
-        kernel_matmul(k, e->kk, e->h, &L->wk, n);
-        kernel_matmul(k, e->vv, e->h, &L->wv, n);
+        kernel_matmul_out qkv[3] = {{e->q, &L->wq}, {e->kk, &L->wk}, {e->vv, &L->wv}};
+        kernel_matmul_multi(k, qkv, 3, e->h, n);
         kernel_rope(k, e->q, p->pos, n, nh, hd, c->rope_dim, c->rope_layout, e->inv_freq);
         kernel_rope(k, e->kk, p->pos, n, nkv, hd, c->rope_dim, c->rope_layout, e->inv_freq);
         kernel_kv_write(k, kv, e->kk, e->vv, p->slots, n);
@@ -414,8 +413,8 @@ static void engine_forward(void *arg) {
         kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);
 
         kernel_rmsnorm(k, e->h, e->x, L->ffn_norm, n, d, c->norm_eps);
-        kernel_matmul(k, e->gate, e->h, &L->gate, n);
-        kernel_matmul(k, e->up, e->h, &L->up, n);
+        kernel_matmul_out gate_up[2] = {{e->gate, &L->gate}, {e->up, &L->up}};
+        kernel_matmul_multi(k, gate_up, 2, e->h, n);
         kernel_swiglu(k, e->gate, e->gate, e->up, n, c->d_ff);
         kernel_matmul(k, e->h, e->gate, &L->down, n);
         kernel_add(k, e->x, e->x, e->h, (int64_t)n * d);

@@ -330,10 +330,51 @@ static void quantize_rows(void *arg, int64_t t0, int64_t t1, int thread) {
     }
 }
 
+/* Quantizes x [n, cols] into the context's activation scratch, in the format of c->act. */
+static void cpu_act_quantize(cpu_ctx *c, const float *x, int64_t cols, int n) {
+    CN_ASSERT(cols % QK == 0);
+    size_t blocks = (size_t)n * (size_t)(cols / QK);
+    if (blocks > c->act_cap) {
+        /* Outside the steady state (kernel_reserve sizes this once); failing to find a
+         * few kilobytes of scratch mid-step leaves nothing sensible to do. */
+        LOG_DEBUG("growing activation scratch to %zu blocks", blocks);
+        cinder_error err;
+        if (cpu_act_reserve(c, blocks, &err) != CINDER_OK) CN_ABORT("%s", err.msg);
+    }
+    quantize_job q = {c, x, cols};
+    int64_t grain = (int64_t)n * cols < CPU_PARALLEL_MIN ? n : 4;
+    cpu_pool_run(c->pool, quantize_rows, &q, n, grain);
+}
+
 typedef struct gemm_job {
     cpu_gemm_fn fn;
     cpu_gemm_args args;
 } gemm_job;
+
+/* out = x · wᵀ as a tile kernel and its arguments; for quantized w, on the activations
+ * cpu_act_quantize left in the scratch. */
+static gemm_job cpu_gemm_job(const cpu_ctx *c, float *out, const float *x, const kernel_weight *w,
+                             int n) {
+    gemm_job j = {c->simd->gemm[w->type], {w, x, out, n}};
+    if (dtype_is_quantized(w->type)) {
+        if (c->act == KERNEL_ACT_INT8) {
+            j.args.x = c->q8;
+        } else {
+            j.fn = c->simd->gemm_q16[w->type];
+            j.args.x = &c->q16;
+        }
+    }
+    return j;
+}
+
+/* Rows per range of a weight of `rows` rows: about 4 ranges per thread to even out uneven
+ * threads, but at least 16 rows and a multiple of CPU_PACK_ROWS (the prepared tiles start on
+ * a group), so a range's weights are worth a pool hand-off. */
+static int64_t cpu_gemm_grain(const cpu_ctx *c, int64_t rows) {
+    int nt = cpu_pool_n_threads(c->pool);
+    int64_t grain = (rows + 4 * nt - 1) / (4 * nt);
+    return grain < 16 ? 16 : (grain + CPU_PACK_ROWS - 1) & ~(int64_t)(CPU_PACK_ROWS - 1);
+}
 
 static void gemm_rows(void *arg, int64_t r0, int64_t r1, int thread) {
     const gemm_job *j = arg;
@@ -344,34 +385,63 @@ static void cpu_matmul(void *ctx, float *out, const float *x, const kernel_weigh
     cpu_ctx *c = ctx;
     CN_ASSERT(n >= 0 && w->rows > 0 && w->cols > 0 && (unsigned)w->type < DTYPE_COUNT);
     if (n == 0) return;
-    gemm_job j = {c->simd->gemm[w->type], {w, x, out, n}};
-    if (dtype_is_quantized(w->type)) {
-        CN_ASSERT(w->cols % QK == 0);
-        size_t blocks = (size_t)n * (size_t)(w->cols / QK);
-        if (blocks > c->act_cap) {
-            /* Outside the steady state (kernel_reserve sizes this once); failing to find a
-             * few kilobytes of scratch mid-step leaves nothing sensible to do. */
-            LOG_DEBUG("growing activation scratch to %zu blocks", blocks);
-            cinder_error err;
-            if (cpu_act_reserve(c, blocks, &err) != CINDER_OK) CN_ABORT("%s", err.msg);
-        }
-        quantize_job q = {c, x, w->cols};
-        int64_t grain = (int64_t)n * w->cols < CPU_PARALLEL_MIN ? n : 4;
-        cpu_pool_run(c->pool, quantize_rows, &q, n, grain);
-        if (c->act == KERNEL_ACT_INT8) {
-            j.args.x = c->q8;
-        } else {
-            j.fn = c->simd->gemm_q16[w->type];
-            j.args.x = &c->q16;
-        }
+    if (dtype_is_quantized(w->type)) cpu_act_quantize(c, x, w->cols, n);
+    gemm_job j = cpu_gemm_job(c, out, x, w, n);
+    cpu_pool_run(c->pool, gemm_rows, &j, w->rows, cpu_gemm_grain(c, w->rows));
+}
+
+/* Weights one matmul_multi job covers (Q, K, V: 3); more are run as several jobs. */
+#define CPU_MULTI_MAX 8
+
+/* Several matmuls as one pool job over their ranges, one after the other: range k is range
+ * k - first[i] of part i, for the i with first[i] <= k < first[i + 1]. A part's ranges are
+ * those its own matmul call would run (the same grain). */
+typedef struct gemm_multi_job {
+    gemm_job part[CPU_MULTI_MAX];
+    int64_t grain[CPU_MULTI_MAX];
+    int64_t first[CPU_MULTI_MAX + 1];
+} gemm_multi_job;
+
+static void gemm_multi_ranges(void *arg, int64_t k0, int64_t k1, int thread) {
+    const gemm_multi_job *j = arg;
+    int i = 0;
+    for (int64_t k = k0; k < k1; k++) {
+        while (k >= j->first[i + 1]) i++;
+        const gemm_job *p = &j->part[i];
+        int64_t r0 = (k - j->first[i]) * j->grain[i], r1 = r0 + j->grain[i];
+        p->fn(&p->args, r0, r1 < p->args.w->rows ? r1 : p->args.w->rows);
     }
-    /* Ranges of rows: about 4 per thread to even out uneven threads, but at least 16 rows
-     * (a multiple of the 8-row groups of the 16-bit tiles), so a range's weights are worth a
-     * pool hand-off. */
-    int nt = cpu_pool_n_threads(c->pool);
-    int64_t grain = (w->rows + 4 * nt - 1) / (4 * nt);
-    grain = grain < 16 ? 16 : (grain + CPU_PACK_ROWS - 1) & ~(int64_t)(CPU_PACK_ROWS - 1);
-    cpu_pool_run(c->pool, gemm_rows, &j, w->rows, grain);
+}
+
+/* One hand-off to the pool instead of one per weight (at batch 1 a K or V projection is a few
+ * microseconds of work, and every hand-off waits for its slowest thread), and the activations
+ * quantized once. Each output comes from the same kernel as in cpu_matmul: the same bits. */
+static void cpu_matmul_multi(void *ctx, const kernel_matmul_out *outs, int count, const float *x,
+                             int n) {
+    cpu_ctx *c = ctx;
+    CN_ASSERT(count >= 0 && n >= 0);
+    bool quantized = false;
+    for (int i = 0; i < count; i++) {
+        const kernel_weight *w = outs[i].w;
+        CN_ASSERT(w->rows > 0 && w->cols > 0 && (unsigned)w->type < DTYPE_COUNT);
+        CN_ASSERT(w->cols == outs[0].w->cols && outs[i].out != x);
+        quantized |= dtype_is_quantized(w->type);
+    }
+    if (n == 0 || count == 0) return;
+    /* every quantized type reads the same activation format: float weights read x itself */
+    if (quantized) cpu_act_quantize(c, x, outs[0].w->cols, n);
+    for (int i0 = 0; i0 < count; i0 += CPU_MULTI_MAX) {
+        int parts = count - i0 < CPU_MULTI_MAX ? count - i0 : CPU_MULTI_MAX;
+        gemm_multi_job j;
+        j.first[0] = 0;
+        for (int i = 0; i < parts; i++) {
+            const kernel_matmul_out *o = &outs[i0 + i];
+            j.part[i] = cpu_gemm_job(c, o->out, x, o->w, n);
+            j.grain[i] = cpu_gemm_grain(c, o->w->rows);
+            j.first[i + 1] = j.first[i] + (o->w->rows + j.grain[i] - 1) / j.grain[i];
+        }
+        cpu_pool_run(c->pool, gemm_multi_ranges, &j, j.first[parts], 1);
+    }
 }
 
 /* ---- element-wise ---- */
@@ -520,6 +590,7 @@ kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table,
         .rmsnorm = cpu_rmsnorm,
         .rope = cpu_rope,
         .matmul = cpu_matmul,
+        .matmul_multi = cpu_matmul_multi,
         .swiglu = cpu_swiglu,
         .add = cpu_add,
         .softmax = cpu_softmax,
