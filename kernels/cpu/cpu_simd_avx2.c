@@ -462,13 +462,14 @@ INLINE void gemm_q16_tile(const cpu_gemm_args *a, dtype type, q16_wide *const *w
             }
         }
         for (int j = 0; j < NT; j++) {
-            const float *ds = xds + 2 * (j * nb + b);
+            /* in registers before the stores to acc, which GCC must assume alias them */
+            const __m256 dx = _mm256_broadcast_ss(xds + 2 * (j * nb + b));
+            const __m256 sx = _mm256_broadcast_ss(xds + 2 * (j * nb + b) + 1);
             for (int g = 0; g < G; g++) {
                 __m256 *o = &acc[j * Q16_GROUPS + g];
-                __m256 scale = _mm256_mul_ps(wb[g]->d, _mm256_broadcast_ss(ds));
+                __m256 scale = _mm256_mul_ps(wb[g]->d, dx);
                 __m256 s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[g][j]), scale, *o);
-                if (type == DTYPE_Q4_1)
-                    s = _mm256_fmadd_ps(wb[g]->m, _mm256_broadcast_ss(ds + 1), s);
+                if (type == DTYPE_Q4_1) s = _mm256_fmadd_ps(wb[g]->m, sx, s);
                 *o = s;
             }
         }
