@@ -343,9 +343,10 @@ INLINE void q16_store(const cpu_gemm_args *a, int64_t r, int t, __m256 acc) {
     }
 }
 
-/* One token (decode): each chunk is widened where it is used. */
-INLINE void gemv_q16_group(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g,
-                           int64_t r, int t) {
+/* One or two tokens (decode) against one group, each chunk widened where it is used: a
+ * widened copy would not pay for itself. */
+INLINE void q16_direct_tile(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g,
+                            int64_t r, int t, int NT) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
     const int nc = q16_chunks(type);
@@ -353,15 +354,20 @@ INLINE void gemv_q16_group(const cpu_gemm_args *a, dtype type, bool packed, cons
     const int16_t *xq = x->qs + (int64_t)t * w->cols;
     const float *xds = x->ds + 2 * (int64_t)t * nb;
     _Alignas(32) uint8_t tmp[16 * QK / 2 + 32];
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, xq += QK) {
+    __m256 acc[2];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
         const uint8_t *gbk = q16_group_block(type, packed, g, b, tmp);
-        __m256i isum = _mm256_setzero_si256();
+        __m256i isum[2];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
         for (int c = 0; c < nc; c++) {
             const __m128i raw = _mm_loadu_si128((const __m128i *)(gbk + 16 * c));
             if (type == DTYPE_Q8_0) {
-                isum = _mm256_add_epi32(
-                    isum, _mm256_madd_epi16(_mm256_cvtepi8_epi16(raw), q16_pair(xq + 2 * c)));
+                const __m256i w0 = _mm256_cvtepi8_epi16(raw);
+                for (int j = 0; j < NT; j++) {
+                    const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(w0, q16_pair(xj)));
+                }
             } else {
                 /* each byte zero-extended to 16 bits: low nibbles are columns 2c, 2c + 1, high
                  * nibbles 16 + 2c, 16 + 2c + 1 */
@@ -372,21 +378,27 @@ INLINE void gemv_q16_group(const cpu_gemm_args *a, dtype type, bool packed, cons
                     lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
                     hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
                 }
-                isum = _mm256_add_epi32(
-                    isum, _mm256_add_epi32(_mm256_madd_epi16(lo, q16_pair(xq + 2 * c)),
-                                           _mm256_madd_epi16(hi, q16_pair(xq + 16 + 2 * c))));
+                for (int j = 0; j < NT; j++) {
+                    const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                    isum[j] = _mm256_add_epi32(
+                        isum[j], _mm256_add_epi32(_mm256_madd_epi16(lo, q16_pair(xj)),
+                                                  _mm256_madd_epi16(hi, q16_pair(xj + 16))));
+                }
             }
         }
         const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc)));
-        __m256 scale = _mm256_mul_ps(d8, _mm256_broadcast_ss(xds + 2 * b));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-        if (type == DTYPE_Q4_1) {
-            const __m256 m8 =
-                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc + 16)));
-            acc = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(xds + 2 * b + 1), acc);
+        __m256 m8 = _mm256_setzero_ps();
+        if (type == DTYPE_Q4_1)
+            m8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gbk + 16 * nc + 16)));
+        for (int j = 0; j < NT; j++) {
+            const float *ds = xds + 2 * (j * nb + b);
+            __m256 scale = _mm256_mul_ps(d8, _mm256_broadcast_ss(ds));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), scale, acc[j]);
+            if (type == DTYPE_Q4_1)
+                acc[j] = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(ds + 1), acc[j]);
         }
     }
-    q16_store(a, r, t, acc);
+    for (int j = 0; j < NT; j++) q16_store(a, r, t + j, acc[j]);
 }
 
 /* Several tokens (prefill, batched decode): a group's blocks are widened once per token block
@@ -492,8 +504,8 @@ INLINE void gemm_q16_tiles(const cpu_gemm_args *a, dtype type, q16_wide *const *
 
 /* Rows [r0, r1), r0 a multiple of CPU_PACK_ROWS: token blocks of CPU_GEMM_TOKEN_BLOCK; in a
  * block, Q16_GROUPS groups at a time (the last one alone if their number is odd), their
- * blocks widened Q16_WIDE_BLOCKS at a time. A block of one token (decode) reads each weight
- * once: no widened copy. */
+ * blocks widened Q16_WIDE_BLOCKS at a time. A block of one or two tokens (decode) reads each
+ * weight once: no widened copy. */
 INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, bool packed, int64_t r0,
                            int64_t r1) {
     const kernel_weight *w = a->w;
@@ -521,9 +533,13 @@ INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, bool packed, int6
                                       (rg + i < w->rows ? rg + i : w->rows - 1) * w->row_bytes;
                 }
             }
-            if (t1 - t0 == 1) {
-                for (int k = 0; k < G; k++)
-                    gemv_q16_group(a, type, packed, &g[k], r + k * CPU_PACK_ROWS, t0);
+            if (t1 - t0 <= 2) {
+                for (int k = 0; k < G; k++) {
+                    if (t1 - t0 == 1)
+                        q16_direct_tile(a, type, packed, &g[k], r + k * CPU_PACK_ROWS, t0, 1);
+                    else
+                        q16_direct_tile(a, type, packed, &g[k], r + k * CPU_PACK_ROWS, t0, 2);
+                }
                 continue;
             }
             for (int i = 0; i < Q16_GROUPS * (t1 - t0); i++) acc[i] = _mm256_setzero_ps();
