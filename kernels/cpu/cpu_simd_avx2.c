@@ -318,8 +318,11 @@ INLINE const uint8_t *q16_group_block(dtype type, bool packed, const q16_group *
     if (!packed) return q16_transpose(type, g, b, tmp);
     const size_t gb = q16_group_block_bytes(type);
     const uint8_t *gbk = g->packed + b * gb;
-    for (size_t o = 0; o < gb; o += 64)
-        _mm_prefetch((const char *)gbk + CPU_Q16_PREFETCH * gb + o, _MM_HINT_T0);
+    const char *ahead = (const char *)gbk + CPU_Q16_PREFETCH * gb;
+    _mm_prefetch(ahead, _MM_HINT_T0);
+    _mm_prefetch(ahead + 64, _MM_HINT_T0);
+    if (gb > 128) _mm_prefetch(ahead + 128, _MM_HINT_T0);
+    if (gb > 192) _mm_prefetch(ahead + 192, _MM_HINT_T0);
     return gbk;
 }
 
@@ -411,8 +414,8 @@ typedef struct q16_wide {
 
 /* A tile is up to Q16_GROUPS groups x 4 tokens, a lone group x 8: each broadcast pair of
  * activations feeds two madds, and the 8 integer sums, the weight vectors and the broadcast
- * fit the 16 registers. 16 rows x 4 tokens measured 5-10% faster than 32 x 2 and 8 x 8
- * (bench_kernels, Q4_1 and Q8_0 GEMM, AMD EPYC). */
+ * fit the 16 registers. 16 rows x 4 tokens measured ~5% faster than 32 x 2 and 8 x 8 (Q4_1
+ * and Q8_0 64-token GEMM on one AMD EPYC core, thread CPU time). */
 #define Q16_GROUPS 2
 /* Blocks widened at a time: 2 groups x 16 x 576 bytes stay in L1 while the tiles run. */
 #define Q16_WIDE_BLOCKS 16
