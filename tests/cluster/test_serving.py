@@ -382,8 +382,15 @@ def scenario_failover(model):
         busy = [g.running_seqs for g in cl.status().groups]
         cl.kill_group(1)
         t.join()
-        st = cl.status()
-        states = {g.group: pb.GroupState.Name(g.state) for g in st.groups}
+        # A group found dead while it runs something is lost at once (its Step cannot be sent);
+        # one whose last sequence ended just before the kill is found by the heartbeat timeout
+        # (20 s), so wait for that rather than read the state once.
+        deadline = time.time() + 30
+        while True:
+            states = {g.group: pb.GroupState.Name(g.state) for g in cl.status().groups}
+            if states.get(1) == "GROUP_STATE_LOST" or time.time() > deadline:
+                break
+            time.sleep(0.2)
         check(states.get(1) == "GROUP_STATE_LOST" and states.get(0) == "GROUP_STATE_READY",
               f"the killed group is lost, the other ready ({states}; running before: {busy})")
         check(all(r is not None for r in out[0]), "every request finished")
