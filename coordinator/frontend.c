@@ -627,9 +627,17 @@ void front_on_message(coord *co, wire_msg *m) {
         return;
     }
     if (!c->hello) {
+        /* A new connection, or one this coordinator does not know: it restarted, or forgot the
+         * connection after an hour idle, while the client's socket reconnected by itself. The
+         * code tells a client to say Hello and send the message again. */
+        if (env->body_case == CINDER__ENVELOPE__BODY_ERROR) {
+            LOG_INFO("a client reports before Hello: %s", env->error->message);
+            return;
+        }
         wire_send_error(co->clients, c->id, c->id_len, proto_envelope_request_id(env),
-                        CINDER__ERROR_CODE__ERROR_CODE_MALFORMED, "%s",
-                        "a connection opens with Hello first (docs/protocol.md)");
+                        CINDER__ERROR_CODE__ERROR_CODE_HELLO_REQUIRED, "%s",
+                        "a connection opens with Hello first: say Hello, then send this again "
+                        "(docs/protocol.md)");
         return;
     }
     switch (env->body_case) {

@@ -36,7 +36,8 @@
  * for an added field, message or enum value; the major for anything that changes the meaning
  * of bytes an older peer would accept. */
 #define PROTO_VERSION_MAJOR 1
-#define PROTO_VERSION_MINOR 1 /* 1.1: StatusReply.preemptions, GenerateRequest.ignore_eos */
+/* 1.1: StatusReply.preemptions, GenerateRequest.ignore_eos; 1.2: ERROR_CODE_HELLO_REQUIRED */
+#define PROTO_VERSION_MINOR 2
 
 /* Sizes. Frames over the limit are refused before they are unpacked (unpacking allocates up to
  * ~50x a frame of empty repeated messages, so keep the limit modest where clients connect; set

@@ -84,7 +84,7 @@ with Cluster(model, ranks=1) as cl, cl.client() as c:
     m = c.models()
     check(len(m.models) == 1 and m.models[0].vocab_size == 49152 and m.models[0].chat, f"models: {m}")
 
-    # Before Hello: Error(MALFORMED), "Hello first".
+    # Before Hello: Error(HELLO_REQUIRED), "Hello first".
     ctx = zmq.Context()
     raw = ctx.socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
@@ -94,7 +94,7 @@ with Cluster(model, ranks=1) as cl, cl.client() as c:
     raw.send(env.SerializeToString())
     if raw.poll(5000):
         env.ParseFromString(raw.recv())
-        check(env.WhichOneof("body") == "error" and env.error.code == pb.ERROR_CODE_MALFORMED
+        check(env.WhichOneof("body") == "error" and env.error.code == pb.ERROR_CODE_HELLO_REQUIRED
               and "Hello" in env.error.message, f"before Hello: {env}")
     else:
         check(False, "no answer to a StatusRequest before Hello")

@@ -292,7 +292,11 @@ def scenario_bad_input(model):
     with Cluster(model, coordinator_args=["--max-queue", "4", "--max-batch-tokens", "64"]) as cl:
         s = raw_socket(cl.endpoint, hello=False)
         send_request(s, "early")
-        expect_error(s, pb.ERROR_CODE_MALFORMED, "a request before Hello")
+        expect_error(s, pb.ERROR_CODE_HELLO_REQUIRED, "a request before Hello", "early")
+        env = pb.Envelope()
+        env.status_request.SetInParent()
+        s.send(env.SerializeToString())
+        expect_error(s, pb.ERROR_CODE_HELLO_REQUIRED, "a status request before Hello", "")
         env = pb.Envelope()
         env.hello.major = 2
         env.hello.role = pb.ROLE_CLIENT
