@@ -28,6 +28,12 @@ struct cinder_client {
     int wait_ms;
     char cur_id[PROTO_MAX_REQUEST_ID_BYTES + 1];
     Cinder__Envelope *held; /* the chunk handed out by the last generate_next */
+    /* The request's encoded GenerateRequest until its first answer: sent again once, after a
+     * new Hello, when the coordinator answers HELLO_REQUIRED (it restarted, or forgot the
+     * connection, and the socket reconnected by itself). */
+    uint8_t *pending;
+    size_t pending_len;
+    bool resent;
 };
 
 static int64_t ccl_now_ms(void) {
@@ -96,19 +102,25 @@ static cinder_status ccl_refused(const Cinder__Error *e, cinder_error *err) {
 
 /* ---- Frames ------------------------------------------------------------------------------ */
 
+static cinder_status ccl_send_bytes(cinder_client *c, const uint8_t *buf, size_t len,
+                                    cinder_error *err) {
+    if (zmq_send(c->sock, buf, len, 0) < 0) {
+        int e = errno;
+        return cinder_error_set(err, CINDER_ERR_IO, "zmq_send to %s: %s", c->endpoint,
+                                e == EAGAIN ? "timed out (the coordinator is not reading)"
+                                            : zmq_strerror(e));
+    }
+    return CINDER_OK;
+}
+
 static cinder_status ccl_send(cinder_client *c, const Cinder__Envelope *env, cinder_error *err) {
     uint8_t *buf = NULL;
     size_t len = 0;
     cinder_status s = proto_encode_alloc(env, &buf, &len, err);
     if (s != CINDER_OK) return s;
-    int rc = zmq_send(c->sock, buf, len, 0);
-    int e = errno;
+    s = ccl_send_bytes(c, buf, len, err);
     free(buf);
-    if (rc < 0)
-        return cinder_error_set(err, CINDER_ERR_IO, "zmq_send to %s: %s", c->endpoint,
-                                e == EAGAIN ? "timed out (the coordinator is not reading)"
-                                            : zmq_strerror(e));
-    return CINDER_OK;
+    return s;
 }
 
 /* Waits up to wait_ms (0: forever) for one frame and decodes it. */
@@ -161,9 +173,67 @@ static cinder_status ccl_recv(cinder_client *c, int wait_ms, Cinder__Envelope **
         }                                                                                          \
     } while (0)
 
+/* Says Hello and reads the coordinator's: when connecting, and again when a request is answered
+ * HELLO_REQUIRED. Messages of earlier requests that arrive first are dropped. */
+static cinder_status ccl_hello(cinder_client *c, cinder_error *err) {
+    Cinder__Hello hello;
+    proto_hello_init(&hello, CINDER__ROLE__ROLE_CLIENT);
+    Cinder__Envelope env = CINDER__ENVELOPE__INIT;
+    env.body_case = CINDER__ENVELOPE__BODY_HELLO;
+    env.hello = &hello;
+    cinder_status s = ccl_send(c, &env, err);
+    if (s != CINDER_OK) return s;
+    int64_t deadline = ccl_now_ms() + c->opts.connect_timeout_ms;
+    for (;;) {
+        int left = (int)(deadline - ccl_now_ms());
+        Cinder__Envelope *reply = NULL;
+        s = ccl_recv(c, left > 0 ? left : 1, &reply, err);
+        if (s != CINDER_OK) {
+            if (s == CINDER_ERR_IO)
+                cinder_error_set(
+                    err, CINDER_ERR_IO,
+                    "no answer from %s within %d ms: is a cinder-coordinator listening "
+                    "there?",
+                    c->endpoint, c->opts.connect_timeout_ms);
+            return s;
+        }
+        const char *id = proto_envelope_request_id(reply);
+        if (id && id[0]) {
+            LOG_DEBUG("dropping %s for request '%s' while waiting for the hello",
+                      proto_body_name(reply->body_case), id);
+            proto_envelope_free(reply);
+            continue;
+        }
+        if (reply->body_case == CINDER__ENVELOPE__BODY_ERROR) {
+            s = ccl_refused(reply->error, err);
+            cinder_error_prefix(err, "hello to %s", c->endpoint);
+        } else if (reply->body_case != CINDER__ENVELOPE__BODY_HELLO ||
+                   reply->hello->role != CINDER__ROLE__ROLE_COORDINATOR) {
+            s = cinder_error_set(err, CINDER_ERR_FORMAT,
+                                 "%s answered the hello with %s, not a coordinator's hello",
+                                 c->endpoint,
+                                 reply->body_case == CINDER__ENVELOPE__BODY_HELLO
+                                     ? "another role's hello"
+                                     : proto_body_name(reply->body_case));
+        } else {
+            c->server_minor = reply->hello->minor;
+            ccl_copy(c->server_software, sizeof c->server_software, reply->hello->software);
+        }
+        proto_envelope_free(reply);
+        return s;
+    }
+}
+
+/* After a HELLO_REQUIRED answer: a new Hello, so that the message can be sent again. */
+static cinder_status ccl_rehello(cinder_client *c, cinder_error *err) {
+    LOG_DEBUG("%s does not know this connection (it restarted?): saying Hello again", c->endpoint);
+    cinder_status s = ccl_hello(c, err);
+    if (s != CINDER_OK) cinder_error_prefix(err, "saying Hello again");
+    return s;
+}
+
 cinder_client *cinder_client_connect(const char *endpoint, const cinder_client_options *opts,
                                      cinder_error *err) {
-    Cinder__Envelope *reply = NULL;
     cinder_client *c = calloc(1, sizeof *c);
     if (!c) {
         cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory");
@@ -203,42 +273,11 @@ cinder_client *cinder_client_connect(const char *endpoint, const cinder_client_o
         goto fail;
     }
 
-    Cinder__Hello hello;
-    proto_hello_init(&hello, CINDER__ROLE__ROLE_CLIENT);
-    Cinder__Envelope env = CINDER__ENVELOPE__INIT;
-    env.body_case = CINDER__ENVELOPE__BODY_HELLO;
-    env.hello = &hello;
-    if (ccl_send(c, &env, err)) goto fail;
-    if (ccl_recv(c, c->opts.connect_timeout_ms, &reply, err)) {
-        if (err && err->status == CINDER_ERR_IO)
-            cinder_error_set(err, CINDER_ERR_IO,
-                             "no answer from %s within %d ms: is a cinder-coordinator listening "
-                             "there?",
-                             endpoint, c->opts.connect_timeout_ms);
-        goto fail;
-    }
-    if (reply->body_case == CINDER__ENVELOPE__BODY_ERROR) {
-        ccl_refused(reply->error, err);
-        cinder_error_prefix(err, "hello to %s", endpoint);
-        goto fail;
-    }
-    if (reply->body_case != CINDER__ENVELOPE__BODY_HELLO ||
-        reply->hello->role != CINDER__ROLE__ROLE_COORDINATOR) {
-        cinder_error_set(err, CINDER_ERR_FORMAT,
-                         "%s answered the hello with %s, not a coordinator's hello", endpoint,
-                         reply->body_case == CINDER__ENVELOPE__BODY_HELLO
-                             ? "another role's hello"
-                             : proto_body_name(reply->body_case));
-        goto fail;
-    }
-    c->server_minor = reply->hello->minor;
-    ccl_copy(c->server_software, sizeof c->server_software, reply->hello->software);
-    proto_envelope_free(reply);
+    if (ccl_hello(c, err) != CINDER_OK) goto fail;
     LOG_DEBUG("connected to %s (%s, protocol %u.%u)", endpoint, c->server_software,
               PROTO_VERSION_MAJOR, c->server_minor);
     return c;
 fail:
-    proto_envelope_free(reply);
     cinder_client_free(c);
     return NULL;
 }
@@ -246,6 +285,7 @@ fail:
 void cinder_client_free(cinder_client *c) {
     if (!c) return;
     proto_envelope_free(c->held);
+    free(c->pending);
     if (c->sock) zmq_close(c->sock);
     if (c->ctx) zmq_ctx_term(c->ctx);
     free(c);
@@ -347,10 +387,19 @@ cinder_status cinder_client_generate_start(cinder_client *c, const cinder_gen_re
     Cinder__Envelope env = CINDER__ENVELOPE__INIT;
     env.body_case = CINDER__ENVELOPE__BODY_GENERATE_REQUEST;
     env.generate_request = &g;
-    cinder_status s = ccl_send(c, &env, err); /* proto_encode refuses what the server would */
+    free(c->pending);
+    c->pending = NULL;
+    /* proto_encode refuses what the server would. */
+    cinder_status s = proto_encode_alloc(&env, &c->pending, &c->pending_len, err);
     free(msgs);
     free(msg_ptrs);
-    if (s != CINDER_OK) return s;
+    if (s == CINDER_OK) s = ccl_send_bytes(c, c->pending, c->pending_len, err);
+    if (s != CINDER_OK) {
+        free(c->pending);
+        c->pending = NULL;
+        return s;
+    }
+    c->resent = false;
     c->in_flight = true;
     c->cancel_sent = false;
     c->wait_ms = req->wait_ms < 0 ? c->opts.timeout_ms : req->wait_ms;
@@ -407,6 +456,25 @@ cinder_status cinder_client_generate_next(cinder_client *c, cinder_gen_chunk *ch
         }
         const char *id = proto_envelope_request_id(env);
         bool mine = id && !strcmp(id, c->cur_id);
+        if (mine && env->body_case == CINDER__ENVELOPE__BODY_ERROR &&
+            env->error->code == CINDER__ERROR_CODE__ERROR_CODE_HELLO_REQUIRED && c->pending &&
+            !c->resent && !c->cancel_sent) {
+            /* The coordinator does not know this connection: Hello, then the same request
+             * once more. A second HELLO_REQUIRED ends the request like any refusal. */
+            proto_envelope_free(env);
+            c->resent = true;
+            s = ccl_rehello(c, err);
+            if (s == CINDER_OK) s = ccl_send_bytes(c, c->pending, c->pending_len, err);
+            if (s == CINDER_OK) continue;
+            c->in_flight = false;
+            ccl_result_reset(res, c->cur_id);
+            *done = true;
+            return s;
+        }
+        if (mine) {
+            free(c->pending);
+            c->pending = NULL;
+        }
         switch (env->body_case) {
             case CINDER__ENVELOPE__BODY_GENERATE_CHUNK:
                 if (!mine) break;
@@ -513,6 +581,7 @@ static cinder_status ccl_query(cinder_client *c, Cinder__Envelope *req,
     if (s != CINDER_OK) return s;
     int wait = timeout_ms < 0 ? c->opts.timeout_ms : timeout_ms;
     int64_t deadline = ccl_now_ms() + wait;
+    bool resent = false;
     for (;;) {
         int left = 0;
         if (wait > 0) {
@@ -525,6 +594,15 @@ static cinder_status ccl_query(cinder_client *c, Cinder__Envelope *req,
         if (env->body_case == want) {
             *out = env;
             return CINDER_OK;
+        }
+        if (env->body_case == CINDER__ENVELOPE__BODY_ERROR && !env->error->request_id[0] &&
+            env->error->code == CINDER__ERROR_CODE__ERROR_CODE_HELLO_REQUIRED && !resent) {
+            /* As for a GenerateRequest: Hello, then the same query once more. */
+            proto_envelope_free(env);
+            resent = true;
+            if ((s = ccl_rehello(c, err)) != CINDER_OK || (s = ccl_send(c, req, err)) != CINDER_OK)
+                return s;
+            continue;
         }
         if (env->body_case == CINDER__ENVELOPE__BODY_ERROR && !env->error->request_id[0]) {
             s = ccl_refused(env->error, err);

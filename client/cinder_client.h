@@ -19,6 +19,13 @@
  * (cinder_client_generate, a callback per chunk) or step by step (generate_start, then
  * generate_next until it reports the end), one request at a time per client.
  *
+ * ZeroMQ reconnects the socket by itself when the coordinator restarts on the same endpoint; a
+ * request (generate, status, models) that then reaches a coordinator which has not seen this
+ * client's Hello is answered HELLO_REQUIRED, and the client says Hello again and sends the same
+ * request once more, without the caller seeing it. A second HELLO_REQUIRED in a row, or a
+ * refused Hello, fails the call. A request whose coordinator dies while it runs is not resumed:
+ * the wait for its next message runs out (CINDER_ERR_IO).
+ *
  * Every frame received is decoded and validated by proto_decode before it is read; a frame
  * that does not pass fails the call with CINDER_ERR_FORMAT. Status and models replies are
  * handed out as the wire types of proto/cinder.proto (cinder.pb-c.h), already validated.

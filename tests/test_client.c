@@ -4,6 +4,9 @@
  *                               misbehaviour included (bad frames, silence, stray messages)
  *   test_client ENDPOINT real   a real coordinator with SmolLM2: stream equals non-stream,
  *                               cancel, refusals, status and models
+ *   test_client ENDPOINT restart  two clients connect and generate, print "connected", wait
+ *                               for a line on stdin (the coordinator restarts meanwhile), then
+ *                               one generates "Paris", the other asks status and models
  * Run by tests/test_client_mock.py and tests/test_client_cluster.py, which start the server. */
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +213,54 @@ static void test_mock_only(const char *endpoint) {
     req.max_tokens = 2;
     CHECK(cinder_client_generate(c, &req, collect, &a, &res, &err) == CINDER_OK);
     CHECK_STR_EQ(a.text, "w0 w1");
+    /* The stand-in forgets the connection after a request (as a restarted coordinator would
+     * not know it): generate, status and models each say Hello again by themselves. */
+    cinder_gen_request_init(&req);
+    req.max_tokens = 2;
+    req.text = "!amnesia";
+    CHECK_MSG(cinder_client_generate(c, &req, NULL, NULL, &res, &err) == CINDER_OK, "%s", err.msg);
+    memset(&a, 0, sizeof a);
+    req.text = "after amnesia";
+    CHECK_MSG(cinder_client_generate(c, &req, collect, &a, &res, &err) == CINDER_OK, "%s", err.msg);
+    CHECK_STR_EQ(a.text, "w0 w1");
+    CHECK_EQ_INT(res.error_code, 0);
+    req.text = "!amnesia";
+    CHECK_MSG(cinder_client_generate(c, &req, NULL, NULL, &res, &err) == CINDER_OK, "%s", err.msg);
+    Cinder__StatusReply *st = NULL;
+    CHECK_MSG(cinder_client_status(c, -1, &st, &err) == CINDER_OK, "%s", err.msg);
+    CHECK(st && !strcmp(st->model, "mock-model"));
+    cinder_client_status_free(st);
+    CHECK_MSG(cinder_client_generate(c, &req, NULL, NULL, &res, &err) == CINDER_OK, "%s", err.msg);
+    Cinder__ModelsReply *mr = NULL;
+    CHECK_MSG(cinder_client_models(c, -1, &mr, &err) == CINDER_OK, "%s", err.msg);
+    CHECK(mr && mr->n_models == 1);
+    cinder_client_models_free(mr);
+    /* Step by step too: the resent request's chunks come through generate_next. */
+    req.text = "!amnesia";
+    CHECK(cinder_client_generate(c, &req, NULL, NULL, &res, &err) == CINDER_OK);
+    req.text = "stepwise";
+    char sid[129];
+    CHECK(cinder_client_generate_start(c, &req, sid, &err) == CINDER_OK);
+    cinder_gen_chunk chunk;
+    bool done = false;
+    int n = 0;
+    while (!done) {
+        cinder_status s = cinder_client_generate_next(c, &chunk, &done, &res, &err);
+        CHECK_MSG(s == CINDER_OK, "%s", err.msg);
+        if (s) break;
+        if (!done) n++;
+    }
+    CHECK_EQ_INT(n, 2);
+    CHECK_STR_EQ(res.request_id, sid);
+    /* HELLO_REQUIRED again after the new Hello: an error, not a loop; the next call works. */
+    req.text = "!forget";
+    CHECK(cinder_client_generate(c, &req, NULL, NULL, &res, &err) == CINDER_ERR_IO);
+    CHECK_EQ_INT(res.error_code, CINDER__ERROR_CODE__ERROR_CODE_HELLO_REQUIRED);
+    CHECK_MSG(test_contains(err.msg, "HELLO_REQUIRED"), "%s", err.msg);
+    memset(&a, 0, sizeof a);
+    req.text = "after forget";
+    CHECK_MSG(cinder_client_generate(c, &req, collect, &a, &res, &err) == CINDER_OK, "%s", err.msg);
+    CHECK_STR_EQ(a.text, "w0 w1");
     /* Logprobs, token prompt. */
     int32_t toks[] = {1, 2, 3};
     cinder_gen_request_init(&req);
@@ -224,12 +275,61 @@ static void test_mock_only(const char *endpoint) {
     cinder_client_free(c);
 }
 
+/* Two clients outlive a coordinator restart (tests/cluster/test_serving.py restart): each says
+ * Hello again by itself when its next request reaches the new coordinator. */
+static void test_restart(const char *endpoint) {
+    cinder_error err = {0};
+    cinder_client_options o = cinder_client_options_default();
+    o.timeout_ms = 300000;
+    cinder_client *a = cinder_client_connect(endpoint, &o, &err);
+    CHECK_MSG(a, "connect: %s", err.msg);
+    cinder_client *b = cinder_client_connect(endpoint, &o, &err);
+    CHECK_MSG(b, "connect: %s", err.msg);
+    if (!a || !b) goto out;
+    cinder_gen_request req;
+    cinder_gen_request_init(&req);
+    cinder_chat_msg msg = {"user", "What is the capital of France?"};
+    req.chat = &msg;
+    req.n_chat = 1;
+    req.max_tokens = 16;
+    cinder_gen_result res;
+    static collected got;
+    CHECK_MSG(cinder_client_generate(a, &req, NULL, NULL, &res, &err) == CINDER_OK, "%s", err.msg);
+    CHECK_MSG(cinder_client_generate(b, &req, NULL, NULL, &res, &err) == CINDER_OK, "%s", err.msg);
+    printf("connected\n");
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin)) goto out;
+    memset(&got, 0, sizeof got);
+    CHECK_MSG(cinder_client_generate(a, &req, collect, &got, &res, &err) == CINDER_OK, "%s",
+              err.msg);
+    CHECK_MSG(strstr(got.text, "Paris"), "after the restart: %s", got.text);
+    printf("after the restart: %s\n", got.text);
+    Cinder__StatusReply *st = NULL;
+    CHECK_MSG(cinder_client_status(b, -1, &st, &err) == CINDER_OK, "%s", err.msg);
+    /* The new coordinator has served a's request only. */
+    if (st)
+        CHECK_MSG(st->requests_total == 1, "requests_total %llu",
+                  (unsigned long long)st->requests_total);
+    cinder_client_status_free(st);
+    Cinder__ModelsReply *m = NULL;
+    CHECK_MSG(cinder_client_models(b, -1, &m, &err) == CINDER_OK, "%s", err.msg);
+    cinder_client_models_free(m);
+out:
+    cinder_client_free(a);
+    cinder_client_free(b);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: test_client ENDPOINT mock|real\n");
+        fprintf(stderr, "usage: test_client ENDPOINT mock|real|restart\n");
         return 2;
     }
     const char *endpoint = argv[1];
+    if (!strcmp(argv[2], "restart")) {
+        test_restart(endpoint);
+        return test_summary("test_client");
+    }
     bool mock = !strcmp(argv[2], "mock");
     test_dead_endpoint();
     cinder_error err = {0};

@@ -146,6 +146,29 @@ with MockCoordinator() as m:
         except CinderError as e:
             check(e.code == "MALFORMED", f"python: garbage: {e}")
         check(c.generate(prompt="after", max_tokens=2, stream=False).text == "w0 w1", "python: works after errors")
+        # The stand-in forgets the connection (as a restarted coordinator would not know it):
+        # generate, status and models each say Hello again by themselves.
+        hellos = sum(1 for _, b in m.received if b == "hello")
+        c.generate(prompt="!amnesia", max_tokens=2, stream=False)
+        r = c.generate(prompt="after amnesia", max_tokens=3, stream=False)
+        check(r.text == "w0 w1 w2" and r.finish_reason == "length", f"python: generate after amnesia {r}")
+        c.generate(prompt="!amnesia", max_tokens=2, stream=False)
+        check(c.status().model == "mock-model", "python: status after amnesia")
+        c.generate(prompt="!amnesia", max_tokens=2, stream=False)
+        check(c.models().models[0].name == "mock-model", "python: models after amnesia")
+        c.generate(prompt="!amnesia", max_tokens=2, stream=False)
+        a = c.generate(prompt="x", max_tokens=3)
+        b = c.generate(prompt="y", max_tokens=3)
+        rb, ra = b.collect(), a.collect()
+        check(ra.text == rb.text == "w0 w1 w2", f"python: two in flight after amnesia {ra} {rb}")
+        check(sum(1 for _, b in m.received if b == "hello") - hellos >= 4, "python: said Hello again")
+        try:
+            c.generate(prompt="!forget", stream=False)
+            check(False, "python: a second HELLO_REQUIRED in a row accepted")
+        except CinderError as e:
+            check(e.code == "HELLO_REQUIRED", f"python: forget: {e}")
+        check(c.generate(prompt="after forget", max_tokens=2, stream=False).text == "w0 w1",
+              "python: works after a second HELLO_REQUIRED")
 
 # No coordinator: a clear error, quickly, non-zero exit.
 t0 = time.monotonic()

@@ -16,6 +16,7 @@ an MPI build alone is a one-rank MPI job. Groups of several ranks need mpirun.
         with cl.client() as c: ...         # a cinder_client.Client
         cl.add_group(ranks=2)              # another worker group (data parallelism)
         cl.kill_group(0)                   # SIGKILL a group (failure tests)
+        cl.restart_coordinator()           # a new coordinator on the same ports (groups too)
 
 From a shell, for trying things by hand:
     tests/cluster/cluster.py --model M [--ranks N] [--groups G] [--no-mpirun] [--device cuda]
@@ -142,6 +143,8 @@ class Cluster:
         self.failed = False  # report() was called: the logs are kept
         self.coordinator = None
         self.groups = []  # _Proc of each mpirun
+        self.group_specs = []  # (ranks, worker_args) of each group, to start it again
+        self.restarts = 0
         self.log_dir = None
         port, control = free_port(), free_port()
         while control == port:
@@ -168,9 +171,7 @@ class Cluster:
 
     def start(self):
         self.log_dir = tempfile.mkdtemp(prefix="cinder-cluster-")
-        argv = [self.coordinator_bin, "--model", self.model, "--listen", self.endpoint,
-                "--control", self.control, *self.coordinator_args]
-        self.coordinator = self._spawn("coordinator", argv)
+        self.coordinator = self._spawn("coordinator", self._coordinator_argv())
         for _ in range(self.n_groups):
             self.add_group(self.ranks, wait=False)
         if self.wait_for_ready:
@@ -181,22 +182,54 @@ class Cluster:
         self.procs.append(p)
         return p
 
+    def _coordinator_argv(self):
+        return [self.coordinator_bin, "--model", self.model, "--listen", self.endpoint,
+                "--control", self.control, *self.coordinator_args]
+
     def add_group(self, ranks=None, worker_args=None, wait=True):
         """Starts another worker group (one mpirun job, or one worker process for a group of one
         rank without mpirun); waits until it is READY when wait."""
         ranks = ranks or self.ranks
+        worker_args = self.worker_args if worker_args is None else worker_args
+        self.group_specs.append((ranks, worker_args))
+        self.groups.append(self._start_group(len(self.groups), ranks, worker_args))
+        if wait:
+            self.wait_ready(sum(1 for x in self.groups if x.alive()))
+        return len(self.groups) - 1
+
+    def _start_group(self, index, ranks, worker_args):
         launcher = []
         if use_mpirun(ranks, self.mpirun):
             launcher = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)]
             if os.geteuid() == 0:
                 launcher.insert(1, "--allow-run-as-root")
-        argv = [*launcher, self.worker_bin, "--coordinator", self.control, "--group", str(len(self.groups)),
-                *(self.worker_args if worker_args is None else worker_args)]
-        g = self._spawn(f"group{len(self.groups)}", argv)
-        self.groups.append(g)
+        argv = [*launcher, self.worker_bin, "--coordinator", self.control, "--group", str(index),
+                *worker_args]
+        suffix = f".{self.restarts}" if self.restarts else ""
+        return self._spawn(f"group{index}{suffix}", argv)
+
+    def restart_coordinator(self, wait=True):
+        """SIGTERM the coordinator and start a new one on the same ports, as an operator's
+        restart would; clients connected to the old one stay connected (ZeroMQ reconnects
+        them). The old coordinator's Shutdown sends its worker groups away (cinder-worker leaves
+        on Shutdown, or when the coordinator is silent; it does not rejoin), so the groups are
+        started again too, with the same ranks and arguments. Waits until they are READY."""
+        old = [self.coordinator, *self.groups]
+        self.coordinator.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for p in old:
+            try:
+                p.p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"cluster: {p.name} still running {self.grace_s} s after the coordinator's "
+                      "SIGTERM; SIGKILL", file=sys.stderr)
+                p.signal(signal.SIGKILL)
+                p.p.wait()
+        self.restarts += 1
+        self.coordinator = self._spawn(f"coordinator.{self.restarts}", self._coordinator_argv())
+        self.groups = [self._start_group(i, ranks, args) for i, (ranks, args) in enumerate(self.group_specs)]
         if wait:
-            self.wait_ready(sum(1 for x in self.groups if x.alive()))
-        return len(self.groups) - 1
+            return self.wait_ready(len(self.groups))
 
     def kill_group(self, index, sig=signal.SIGKILL):
         self.groups[index].signal(sig)

@@ -13,6 +13,11 @@ string (STOP). Prompts that start with a command misbehave:
     "!stray"    first a chunk and a done for another request id, then the normal answer
     "!busy"     Error(BUSY)
     "!connerr"  an Error without a request id (about the connection)
+    "!amnesia"  the normal answer, then the connection's Hello is forgotten (as by a restarted
+                coordinator): the next message is answered HELLO_REQUIRED
+    "!forget"   forgets the Hello and answers HELLO_REQUIRED, every time (also when resent)
+A message before Hello is answered HELLO_REQUIRED (with the request id when it has one), as
+cinder-coordinator does.
 """
 import threading
 import time
@@ -112,12 +117,15 @@ class MockCoordinator:
             return self._error(ident, rid, pb.ERROR_CODE_BUSY, "the queue is full")
         if text.startswith("!connerr"):
             return self._error(ident, "", pb.ERROR_CODE_INTERNAL, "something broke")
+        if text.startswith("!forget"):
+            self.hello.discard(ident)
+            return self._error(ident, rid, pb.ERROR_CODE_HELLO_REQUIRED, "forgot you: say Hello first")
         if text.startswith("!stray"):
             self._chunk(ident, "someone-else", "stray", [1])
             self._done(ident, {"id": "someone-else", "prompt_tokens": 1, "n": 1}, pb.FINISH_REASON_STOP)
         st = {"id": rid, "prompt_tokens": len(text.split()), "n": 0, "max": g.max_tokens,
               "stop": list(g.stop), "stream": g.stream, "logprobs": g.logprobs, "text": "",
-              "ids": [], "next": time.monotonic() + self.step_s}
+              "ids": [], "next": time.monotonic() + self.step_s, "amnesia": text.startswith("!amnesia")}
         self.running[(ident, rid)] = st
 
     def _step(self, now):
@@ -144,6 +152,8 @@ class MockCoordinator:
                                 [-0.5] * len(st["ids"]) if st["logprobs"] else None)
                 self._done(ident, st, pb.FINISH_REASON_STOP if hit else pb.FINISH_REASON_LENGTH)
                 del self.running[key]
+                if st["amnesia"]:
+                    self.hello.discard(ident)
 
     def _on_frame(self, ident, frame):
         env = pb.Envelope()
@@ -153,9 +163,12 @@ class MockCoordinator:
             return self._error(ident, "", pb.ERROR_CODE_MALFORMED, "the frame does not decode")
         body = env.WhichOneof("body")
         self.received.append((ident, body))
-        if ident not in self.hello:
+        if ident not in self.hello or body == "hello":  # a second Hello is answered too
             if body != "hello":
-                return self._error(ident, "", pb.ERROR_CODE_MALFORMED, f"{body} before Hello: say Hello first")
+                if body == "error":
+                    return
+                rid = getattr(env, body).request_id if body in ("generate_request", "cancel") else ""
+                return self._error(ident, rid, pb.ERROR_CODE_HELLO_REQUIRED, f"{body} before Hello: say Hello first")
             self.hello.add(ident)
             reply = pb.Envelope()
             reply.hello.major = 1

@@ -4,7 +4,7 @@ worker alone where mpirun is missing or CINDER_NO_MPIRUN=1) on loopback, the rea
 model, real sockets.
 
     test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
-                                        bad_input, failover, no_mpirun)
+                                        bad_input, failover, no_mpirun, restart)
 
 Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
 or waiting). Exit 77 (ctest SKIP) when the model or the programs are missing.
@@ -431,6 +431,52 @@ def scenario_no_mpirun(model):
         check_pool_whole(cl, "after the run without mpirun")
 
 
+def scenario_restart(model):
+    """The coordinator restarts on the same endpoint (SIGTERM, a new one on the same ports, the
+    worker group started again). Clients connected before it keep working without reconnecting
+    by hand: their next request reaches a coordinator that has not seen their Hello, is answered
+    HELLO_REQUIRED, and the client says Hello again and resends it - libcinder-client (two
+    clients of tests/test_client.c: generate, then status and models) and the Python client
+    (one asks status first, another generates first)."""
+    question = [("user", "What is the capital of France?")]
+    test_client = os.path.join(build_dir(), "tests", "test_client")
+    check(os.access(test_client, os.X_OK), f"{test_client} is built")
+    with Cluster(model) as cl:
+        c1, c2 = cl.client(), cl.client()
+        r = c1.generate(chat=question, max_tokens=16, temperature=0.0, stream=False)
+        check("Paris" in r.text, f"before the restart: {r.text!r}")
+        uptime = c2.status().uptime_ms
+        proc = subprocess.Popen([test_client, cl.endpoint, "restart"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = proc.stdout.readline()
+        check(line.strip() == "connected", f"the C clients connected and generated ({line!r})")
+
+        t0 = time.time()
+        cl.restart_coordinator()
+        print(f"    the coordinator restarted, its group ready again in {time.time() - t0:.1f} s")
+        out, _ = proc.communicate("go\n", timeout=600)
+        sys.stdout.write("".join(f"    | {x}\n" for x in out.splitlines()))
+        check(proc.returncode == 0, "libcinder-client: generate, status and models after the restart")
+
+        try:
+            st = c1.status()
+            check(st.requests_total == 1 and st.uptime_ms < uptime + (time.time() - t0) * 1000,
+                  f"python: status after the restart is the new coordinator's ({st.requests_total} "
+                  f"requests, up {st.uptime_ms} ms)")
+        except CinderError as e:
+            check(False, f"python: status after the restart: {e}")
+        try:
+            r = c2.generate(chat=question, max_tokens=16, temperature=0.0, stream=False)
+            check("Paris" in r.text, f"python: generate after the restart: {r.text!r}")
+            check(c2.models().models[0].vocab_size > 0, "python: models after the restart")
+        except CinderError as e:
+            check(False, f"python: generate after the restart: {e}")
+        c1.close()
+        c2.close()
+        check_pool_whole(cl, "after the restart")
+        cl.check_alive()
+
+
 SCENARIOS = {
     "concurrency": scenario_concurrency,
     "prefix": scenario_prefix,
@@ -439,6 +485,7 @@ SCENARIOS = {
     "bad_input": scenario_bad_input,
     "failover": scenario_failover,
     "no_mpirun": scenario_no_mpirun,
+    "restart": scenario_restart,
 }
 
 

@@ -9,6 +9,12 @@
 
 One client may have several requests in flight (each stream reads the socket and hands the
 other requests' messages to their own queues); it is not thread-safe.
+
+ZeroMQ reconnects the socket by itself when the coordinator restarts on the same endpoint; a
+request (generate, status, models) that then reaches a coordinator which has not seen this
+client's Hello is answered HELLO_REQUIRED, and the client says Hello again and sends the same
+request once more, unseen by the caller. A second HELLO_REQUIRED in a row, or a refused Hello,
+raises. A request whose coordinator dies while it runs is not resumed: its wait runs out.
 """
 import collections
 import itertools
@@ -21,7 +27,7 @@ from ._proto import pb
 
 # The protocol version this client speaks (proto/protocol.h PROTO_VERSION_MAJOR / _MINOR).
 PROTO_MAJOR = 1
-PROTO_MINOR = 0
+PROTO_MINOR = 2  # 1.2: ERROR_CODE_HELLO_REQUIRED
 SOFTWARE = "cinder-python 0.1.0"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_FRAME_BYTES = 8 << 20
@@ -81,12 +87,14 @@ class Stream:
     """The chunks of one request, as they come; .result once iteration has ended. Iterating
     raises CinderError when the coordinator refused the request."""
 
-    def __init__(self, client, request_id, wait_ms):
+    def __init__(self, client, request_id, wait_ms, frame):
         self._client = client
         self.request_id = request_id
         self._wait_ms = wait_ms
         self.result = None
         self._partial = Result(request_id)
+        self._frame = frame  # the encoded request until its first answer (sent again once)
+        self._resent = False
 
     def __iter__(self):
         return self
@@ -94,8 +102,23 @@ class Stream:
     def __next__(self):
         if self.result is not None:
             raise StopIteration
-        env = self._client._next_for(self.request_id, self._wait_ms)
-        body = env.WhichOneof("body")
+        while True:
+            env = self._client._next_for(self.request_id, self._wait_ms)
+            body = env.WhichOneof("body")
+            if body == "error" and env.error.code == pb.ERROR_CODE_HELLO_REQUIRED and \
+                    self._frame is not None and not self._resent:
+                # The coordinator does not know this connection (it restarted): Hello, then the
+                # same request once more.
+                self._resent = True
+                try:
+                    self._client._hello(self._client.connect_timeout_ms)
+                    self._client._send_frame(self._frame)
+                except BaseException:
+                    self._client._inflight.pop(self.request_id, None)
+                    raise
+                continue
+            self._frame = None
+            break
         if body == "generate_chunk":
             g = env.generate_chunk
             r = self._partial
@@ -140,6 +163,7 @@ class Client:
         message of a call (0: forever)."""
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -154,36 +178,50 @@ class Client:
             except zmq.ZMQError as e:
                 raise CinderError("INVALID_ARGUMENT", f"cannot connect to {endpoint!r}: {e} "
                                   "(an endpoint reads tcp://HOST:PORT)") from None
-            env = pb.Envelope()
-            env.hello.major = PROTO_MAJOR
-            env.hello.minor = PROTO_MINOR
-            env.hello.role = pb.ROLE_CLIENT
-            env.hello.software = SOFTWARE
-            self._send(env)
+            self._hello(connect_timeout_ms)
+        except BaseException:
+            self.close()
+            raise
+
+    def _hello(self, timeout_ms):
+        """Says Hello and reads the coordinator's: when connecting, and again when a request is
+        answered HELLO_REQUIRED. Messages of requests in flight that come first are filed."""
+        env = pb.Envelope()
+        env.hello.major = PROTO_MAJOR
+        env.hello.minor = PROTO_MINOR
+        env.hello.role = pb.ROLE_CLIENT
+        env.hello.software = SOFTWARE
+        self._send(env)
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
             try:
-                reply = self._recv(connect_timeout_ms)
+                reply = self._recv(max(1, int((deadline - time.monotonic()) * 1000)))
             except CinderTimeout:
-                raise CinderTimeout(f"no answer from {endpoint} within {connect_timeout_ms} ms: is a "
+                raise CinderTimeout(f"no answer from {self.endpoint} within {timeout_ms} ms: is a "
                                     "cinder-coordinator listening there?") from None
             body = reply.WhichOneof("body")
+            if body in ("generate_chunk", "generate_done") or (body == "error" and reply.error.request_id):
+                self._dispatch(reply)
+                continue
             if body == "error":
                 raise CinderError.from_pb(reply.error)
             if body != "hello" or reply.hello.role != pb.ROLE_COORDINATOR:
-                raise CinderError("MALFORMED", f"{endpoint} answered the hello with {body}, not a "
+                raise CinderError("MALFORMED", f"{self.endpoint} answered the hello with {body}, not a "
                                   "coordinator's hello")
             if reply.hello.major != PROTO_MAJOR:
                 raise CinderError("UNSUPPORTED", f"the coordinator speaks protocol {reply.hello.major}."
                                   f"{reply.hello.minor}, this client {PROTO_MAJOR}.{PROTO_MINOR}")
             self.server_hello = reply.hello
-        except BaseException:
-            self.close()
-            raise
+            return
 
     # -- frames ---------------------------------------------------------------------------
 
     def _send(self, env):
+        self._send_frame(env.SerializeToString())
+
+    def _send_frame(self, frame):
         try:
-            self._sock.send(env.SerializeToString())
+            self._sock.send(frame)
         except zmq.Again:
             raise CinderTimeout(f"cannot send to {self.endpoint}: the coordinator is not reading") from None
 
@@ -248,11 +286,18 @@ class Client:
         self._send(env)
         wait = self._wait(timeout_ms)
         deadline = time.monotonic() + wait / 1000 if wait else None
+        resent = False
         while True:
             left = None if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
             reply = self._recv(left)
             if reply.WhichOneof("body") == want:
                 return getattr(reply, want)
+            if reply.WhichOneof("body") == "error" and not reply.error.request_id and \
+                    reply.error.code == pb.ERROR_CODE_HELLO_REQUIRED and not resent:
+                resent = True  # as for a GenerateRequest: Hello, then the same query once more
+                self._hello(self.connect_timeout_ms)
+                self._send(env)
+                continue
             self._dispatch(reply)
 
     # -- the API --------------------------------------------------------------------------
@@ -308,13 +353,14 @@ class Client:
             raise CinderError("DUPLICATE", f"request {req.request_id!r} is already in flight", req.request_id)
         env = pb.Envelope()
         env.generate_request.CopyFrom(req)
+        frame = env.SerializeToString()
         self._inflight[req.request_id] = collections.deque()
         try:
-            self._send(env)
+            self._send_frame(frame)
         except BaseException:
             self._inflight.pop(req.request_id, None)
             raise
-        return Stream(self, req.request_id, wait_ms)
+        return Stream(self, req.request_id, wait_ms, frame)
 
     def cancel(self, request_id):
         """Asks the coordinator to end a request in flight on this client; its stream ends with
