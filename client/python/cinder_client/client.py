@@ -95,6 +95,7 @@ class Stream:
         self._partial = Result(request_id)
         self._frame = frame  # the encoded request until its first answer (sent again once)
         self._resent = False
+        self._cancelled = False
 
     def __iter__(self):
         return self
@@ -105,6 +106,13 @@ class Stream:
         while True:
             env = self._client._next_for(self.request_id, self._wait_ms)
             body = env.WhichOneof("body")
+            if body == "error" and env.error.code == pb.ERROR_CODE_HELLO_REQUIRED and \
+                    self._frame is not None and self._cancelled:
+                # Cancelled before the coordinator ever took it: nothing to send again.
+                self._client._inflight.pop(self.request_id, None)
+                self.result = self._partial
+                self.result.finish_reason = "cancelled"
+                raise StopIteration
             if body == "error" and env.error.code == pb.ERROR_CODE_HELLO_REQUIRED and \
                     self._frame is not None and not self._resent:
                 # The coordinator does not know this connection (it restarted): Hello, then the
@@ -147,6 +155,7 @@ class Stream:
 
     def cancel(self):
         """Asks the coordinator to end the request; iteration then ends with "cancelled"."""
+        self._cancelled = True
         self._client.cancel(self.request_id)
 
     def collect(self):
