@@ -10,7 +10,13 @@
  * row's arithmetic depends on its query and its keys only, never on the block size, on the
  * tile or on how the prompt was chunked. Only one span of scores per row exists at a time;
  * there is no score matrix. An item is computed by one thread start to end, so results do
- * not depend on the thread count. */
+ * not depend on the thread count.
+ *
+ * Pools hold F32, F16 or BF16 (kernel_kv_layer.type). kv_write rounds to nearest even; the
+ * kernels widen K and V to F32 as they load them (the AVX2 ones in registers, the portable one
+ * a span at a time into scratch), and compute exactly as over an F32 pool: widening is exact,
+ * so a 16-bit pool gives the bits of an F32 pool holding its values. Decode reads each K/V row
+ * once per item from memory, so half the bytes is most of what 16 bits buy. */
 #include "cpu_attention.h"
 
 #include <math.h>
