@@ -10,9 +10,10 @@
  * measurement, so that a noisy neighbour slows both alike.
  *
  * Attention (bench_kernels attn) runs SmolLM2-135M's shape (9 query heads, 3 KV heads, head
- * dim 64, F32 KV in blocks of 16) over a 512-token prefill and over 32 decoding sequences at
+ * dim 64, KV in blocks of 16) over a 512-token prefill and over 32 decoding sequences at
  * 64-512 tokens of context, in thread CPU time at 1 thread (what a shared machine perturbs
- * least), wall time above.
+ * least), wall time above; for F32, F16 and BF16 KV pools, each call on the next of enough
+ * layers' pools to overflow the last-level cache (as a forward pass reads them).
  *
  *   bench_kernels [max_threads [TYPE [LEVEL]]]
  *   bench_kernels attn [max_threads [LEVEL]]
@@ -179,13 +180,15 @@ static void bench_matmul(kernel_ops *const *k, int n_k, dtype type, int64_t rows
 /* ---- attention ---- */
 
 /* One layer's attention for the sequences seqs (their blocks scattered through the pool, as
- * a serving pool leaves them); best of 7 rounds. */
+ * a serving pool leaves them), KV of type kvt; best of 7 rounds. */
 static void bench_attention(kernel_ops *k, int nt, const char *what, const int *n_q,
-                            const int *n_ctx, int n_seqs) {
+                            const int *n_ctx, int n_seqs, dtype kvt) {
     enum { HEADS = 9, KV_HEADS = 3, HD = 64, BS = 16 };
     int tokens = 0, blocks = 0;
     for (int i = 0; i < n_seqs; i++) tokens += n_q[i], blocks += (n_ctx[i] + BS - 1) / BS;
     size_t kv_floats = (size_t)blocks * KV_HEADS * BS * HD;
+    size_t layer_bytes = kv_floats * dtype_row_bytes(kvt, 1);
+    int n_layers = (int)((COLD_BYTES / 4 + 2 * layer_bytes - 1) / (2 * layer_bytes));
     float *kc = malloc(kv_floats * sizeof(float)), *vc = malloc(kv_floats * sizeof(float));
     float *q = malloc((size_t)tokens * HEADS * HD * sizeof(float));
     float *out = malloc((size_t)tokens * HEADS * HD * sizeof(float));
@@ -201,21 +204,30 @@ static void bench_attention(kernel_ops *k, int nt, const char *what, const int *
         seqs[i] = (kernel_attn_seq){qs, n_q[i], n_ctx[i], table + b};
         qs += n_q[i], b += (n_ctx[i] + BS - 1) / BS;
     }
-    kernel_kv_layer kv = {kc, vc, blocks, BS, KV_HEADS, HD, DTYPE_F32};
+    kernel_kv_layer *kv = malloc((size_t)n_layers * sizeof *kv);
+    for (int l = 0; l < n_layers; l++) {
+        kv[l] = (kernel_kv_layer){
+            malloc(layer_bytes), malloc(layer_bytes), blocks, BS, KV_HEADS, HD, kvt};
+        dtype_from_f32(kvt, kc, kv[l].k, (int64_t)kv_floats);
+        dtype_from_f32(kvt, vc, kv[l].v, (int64_t)kv_floats);
+    }
     float scale = 0.125f;
-    kernel_attention(k, out, q, &kv, seqs, n_seqs, HEADS, scale, 0); /* warm up */
+    kernel_attention(k, out, q, &kv[0], seqs, n_seqs, HEADS, scale, 0); /* warm up */
     double best = 1e9;
-    for (int rep = 0; rep < 7; rep++) {
+    for (int rep = 0, l = 0; rep < 7; rep++) {
         int iters = 0;
         double t0 = nt == 1 ? cpu_now_s() : now_s(), t;
         do {
-            kernel_attention(k, out, q, &kv, seqs, n_seqs, HEADS, scale, 0);
+            kernel_attention(k, out, q, &kv[l], seqs, n_seqs, HEADS, scale, 0);
+            l = (l + 1) % n_layers;
             iters++;
             t = (nt == 1 ? cpu_now_s() : now_s()) - t0;
         } while (t < 0.05);
         best = t / iters < best ? t / iters : best;
     }
-    printf("  %-28s %9.1f us\n", what, best * 1e6);
+    printf("  %-28s %-4s KV %9.1f us\n", what, dtype_name(kvt), best * 1e6);
+    for (int l = 0; l < n_layers; l++) free(kv[l].k), free(kv[l].v);
+    free(kv);
     free(kc);
     free(vc);
     free(q);
@@ -240,8 +252,11 @@ static int bench_attention_all(int max_threads, const char *only_level) {
             }
             printf("%s, %d thread%s: attention, SmolLM2-135M layer (%s)\n", k->name, nt,
                    nt > 1 ? "s" : "", nt == 1 ? "thread CPU time" : "wall time");
-            bench_attention(k, nt, "prefill 512", &pq, &pctx, 1);
-            bench_attention(k, nt, "decode 32 x 1, ctx 64-512", dq, dctx, DECODE);
+            static const dtype kvts[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16};
+            for (int t = 0; t < 3; t++)
+                bench_attention(k, nt, "prefill 512", &pq, &pctx, 1, kvts[t]);
+            for (int t = 0; t < 3; t++)
+                bench_attention(k, nt, "decode 32 x 1, ctx 64-512", dq, dctx, DECODE, kvts[t]);
             kernel_ops_free(k);
         }
     }

@@ -34,6 +34,20 @@ static void gen_emit(stop_text *st, const char *piece, size_t len, bool *stopped
     fflush(stdout);
 }
 
+/* --kv-type's name as a dtype; false for another name. */
+static bool gen_kv_type(const char *name, dtype *out) {
+    static const struct {
+        const char *name;
+        dtype type;
+    } types[] = {{"f32", DTYPE_F32}, {"f16", DTYPE_F16}, {"bf16", DTYPE_BF16}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(name, types[i].name) == 0) {
+            *out = types[i].type;
+            return true;
+        }
+    return false;
+}
+
 /* The prompt's token ids (chat template applied when asked). */
 static int32_t *gen_encode(const gen_args *a, const tokenizer *tok, size_t *n, cinder_error *err) {
     char *templated = NULL;
@@ -119,6 +133,7 @@ static int gen_run(const gen_args *a) {
         rc = 2;
         goto out;
     }
+    gen_kv_type(a->kv_type, &o.kv_type); /* checked by cmd_generate */
     o.device = (int)a->gpu;
     o.n_threads = (int)a->threads;
     o.block_size = (int)a->block_size;
@@ -269,6 +284,10 @@ int cmd_generate(int argc, char **argv) {
          "tokens per KV block (local only)", false},
         {"kv-blocks", CLI_INT, &a.kv_blocks, "0", 0, 1 << 30, "N",
          "KV pool size in blocks (0: what the prompt and --max-tokens need; local only)", false},
+        {"kv-type", CLI_STR, &a.kv_type, "f32", 0, 0, "f32|f16|bf16",
+         "KV cache type: f16 and bf16 halve its memory and what attention reads (cpu: all "
+         "three; cuda: f32, bf16; local only)",
+         false},
         {"f32", CLI_FLAG, &a.f32, NULL, 0, 0, NULL,
          "dequantize the weights to F32 (reference precision, slower; local only)", false},
         {"device", CLI_STR, &a.device, "cpu", 0, 0, "cpu|cuda",
@@ -295,15 +314,16 @@ int cmd_generate(int argc, char **argv) {
     }
     if (a.server) {
         /* What only the local engine has is refused rather than silently ignored. */
-        const char *local_only = a.model ? "--model (the coordinator serves its own)"
-                                 : a.f32 ? "--f32"
+        const char *local_only = a.model        ? "--model (the coordinator serves its own)"
+                                 : a.f32        ? "--f32"
                                  : a.ignore_eos ? "--ignore-eos"
-                                 : a.kv_blocks ? "--kv-blocks"
-                                 : a.threads ? "--threads"
-                                 : a.block_size != 16 ? "--block-size"
-                                 : strcmp(a.device, "cpu") != 0 ? "--device"
-                                 : a.gpu ? "--gpu"
-                                                      : NULL;
+                                 : a.kv_blocks  ? "--kv-blocks"
+                                 : strcmp(a.kv_type, "f32") != 0 ? "--kv-type"
+                                 : a.threads                     ? "--threads"
+                                 : a.block_size != 16            ? "--block-size"
+                                 : strcmp(a.device, "cpu") != 0  ? "--device"
+                                 : a.gpu                         ? "--gpu"
+                                                                 : NULL;
         if (local_only) {
             fprintf(stderr, "cinder: %s applies to local generation, not with --server\nusage: %s\n",
                     local_only, usage);
@@ -318,6 +338,12 @@ int cmd_generate(int argc, char **argv) {
     }
     if (!a.model) {
         fprintf(stderr, "cinder: --model PATH is required (or --server ENDPOINT)\nusage: %s\n",
+                usage);
+        return 2;
+    }
+    dtype kv_type;
+    if (!gen_kv_type(a.kv_type, &kv_type)) {
+        fprintf(stderr, "cinder: --kv-type is f32, f16 or bf16, not '%s'\nusage: %s\n", a.kv_type,
                 usage);
         return 2;
     }

@@ -17,7 +17,7 @@ int cmd_models(int argc, char **argv);
 /* `cinder generate`'s options: local generation (--model) or through a coordinator
  * (--server, cmd_remote.c). */
 typedef struct gen_args {
-    const char *model, *prompt, *system, *stop, *server, *device;
+    const char *model, *prompt, *system, *stop, *server, *device, *kv_type;
     bool chat, f32, ignore_eos, no_stream_stats;
     int64_t max_tokens, top_k, seed, threads, block_size, kv_blocks, timeout_ms, gpu;
     double temperature, top_p, min_p, repeat_penalty;

@@ -82,9 +82,9 @@ cinder_status kernel_rope_inv_freq(float *inv_freq, int rope_dim, float theta,
 /* One layer's paged KV pool (worker/kv_cache.h owns the memory):
  *   k, v: [n_blocks, n_kv_heads, block_size, head_dim] of type `type`
  * Position p of a sequence lives in block table[p / block_size], slot p % block_size.
- * type is DTYPE_F32 (0, what a zeroed struct says) everywhere; the CUDA backend also takes
- * DTYPE_BF16 (k and v then point to uint16_t bf16 values despite their declared type), see
- * kernel_supports_kv(). */
+ * type is DTYPE_F32 (0, what a zeroed struct says) everywhere; the CPU backend also takes
+ * DTYPE_F16 and DTYPE_BF16, the CUDA backend DTYPE_BF16 (k and v then point to uint16_t values
+ * despite their declared type), see kernel_supports_kv(). */
 typedef struct kernel_kv_layer {
     float *k, *v;
     int32_t n_blocks;

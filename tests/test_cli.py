@@ -105,6 +105,10 @@ rc, out, err = run("generate", "--model", model, "--chat", "--prompt", "What is 
                    "--temperature", "0", "--threads", "2")
 check(rc == 0 and "Paris" in out and "tokens/s" in err and "stopped by stop token" in err,
       f"generate --chat greedy: rc {rc} {out!r} {err!r}")
+rc, out, err = run("generate", "--model", model, "--chat", "--prompt", "What is the capital of France?",
+                   "--temperature", "0", "--threads", "2", "--kv-type", "f16")
+check(rc == 0 and "Paris" in out and "stopped by stop token" in err,
+      f"generate --kv-type f16 --chat greedy: rc {rc} {out!r} {err!r}")
 seeded = ["generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "24",
           "--temperature", "0.9", "--top-p", "0.95", "--ignore-eos"]
 a = run(*seeded, "--seed", "5")[1]
@@ -120,7 +124,8 @@ rc, out, err = run("generate", "--model", model, "--prompt", "Hello", "--max-tok
                    "--ignore-eos", "--temperature", "0")
 check(rc == 0 and "generated 5 tokens" in err, f"--max-tokens 5: {err!r}")
 for flags, msg in [(("--temperature", "-1"), "outside"), (("--top-p", "0"), "outside"),
-                   (("--max-tokens", "0"), "outside"), (("--min-p", "x"), "not a finite number")]:
+                   (("--max-tokens", "0"), "outside"), (("--min-p", "x"), "not a finite number"),
+                   (("--kv-type", "q8"), "--kv-type is f32, f16 or bf16")]:
     rc, _, err = run("generate", "--model", model, "--prompt", "Hi", *flags)
     check(rc == 2 and msg in err, f"generate {flags}: exit {rc}, {err!r}")
 rc, _, err = run("generate", "--model", model, "--prompt", "Hello there", "--kv-blocks", "2",

@@ -4,7 +4,7 @@
  * is poisoned with NaN so a read of an unwritten slot shows; bad plans are refused by name.
  *
  * Models: the tiny F32 HF model of the golden test and a generated Q4_1 GGUF (the quantized
- * kernels, the interleaved RoPE layout). */
+ * kernels, the interleaved RoPE layout); the tiny model also with an F16 and a BF16 KV cache. */
 #include <string.h>
 #include <unistd.h>
 
@@ -19,9 +19,13 @@ static int32_t rnd(int32_t n) {
     return (int32_t)((rng_state >> 33) % (uint64_t)n);
 }
 
+/* The KV cache type of the engines made (F32 but for the 16-bit passes). */
+static dtype kv_type = DTYPE_F32;
+
 static engine *make_engine_f32(const model *m, int block_size, bool f32) {
     engine_options o = engine_options_default();
     o.f32_weights = f32;
+    o.kv_type = kv_type;
     o.n_threads = 2;
     o.block_size = block_size;
     o.kv_blocks = 4096 / block_size + 64;
@@ -32,7 +36,13 @@ static engine *make_engine_f32(const model *m, int block_size, bool f32) {
     /* Poison: any slot read before it is written turns the logits into NaN. */
     kv_cache *kv = engine_kv(e);
     size_t n = (size_t)kv->n_layers * kv->n_blocks * kv->n_kv_heads * kv->block_size * kv->head_dim;
-    for (size_t i = 0; i < n; i++) kv->k[i] = kv->v[i] = NAN;
+    if (kv->type == DTYPE_F32) {
+        for (size_t i = 0; i < n; i++) kv->k[i] = kv->v[i] = NAN;
+    } else {
+        uint16_t nan16 = kv->type == DTYPE_F16 ? 0x7e00 : 0x7fc0;
+        uint16_t *k16 = (uint16_t *)kv->k, *v16 = (uint16_t *)kv->v;
+        for (size_t i = 0; i < n; i++) k16[i] = v16[i] = nan16;
+    }
     return e;
 }
 
@@ -241,6 +251,11 @@ int main(void) {
     CHECK_MSG(m != NULL, "%s", err.msg);
     if (m) {
         run_all(m, "tiny-gqa-f32");
+        kv_type = DTYPE_F16;
+        run_all(m, "tiny-gqa-f32, F16 KV");
+        kv_type = DTYPE_BF16;
+        run_all(m, "tiny-gqa-f32, BF16 KV");
+        kv_type = DTYPE_F32;
         test_bad_plans(m);
     }
     model_free(m);

@@ -4,7 +4,7 @@
  *     and the 32 greedy tokens of each prompt equal;
  *   - with the quantized kernels (16-bit activations), argmax agreement on a teacher-forced
  *     256-token text of at least 98%, and the chat answer to "What is the capital of
- *     France?" names Paris.
+ *     France?" names Paris; the same with an F16 KV cache.
  * Exit 77 (skipped) when the model is not downloaded. */
 #include <string.h>
 
@@ -15,9 +15,10 @@
 
 #define REFS CINDER_TEST_DATA "/models/smollm2"
 
-static engine *make_engine(const model *m, bool f32) {
+static engine *make_engine(const model *m, bool f32, dtype kv_type) {
     engine_options o = engine_options_default();
     o.f32_weights = f32;
+    o.kv_type = kv_type;
     o.kv_blocks = 64;
     cinder_error err = {0};
     engine *e = engine_create(m, &o, &err);
@@ -26,7 +27,7 @@ static engine *make_engine(const model *m, bool f32) {
 }
 
 static void check_f32(const model *m, const cJSON *refs) {
-    engine *e = make_engine(m, true);
+    engine *e = make_engine(m, true, DTYPE_F32);
     if (!e) return;
     int vocab = m->config.vocab_size;
     float *logits = malloc((size_t)vocab * sizeof(float));
@@ -67,8 +68,8 @@ static void check_f32(const model *m, const cJSON *refs) {
     engine_free(e);
 }
 
-static void check_quantized(const model *m, const cJSON *refs) {
-    engine *e = make_engine(m, false);
+static void check_quantized(const model *m, const cJSON *refs, dtype kv_type) {
+    engine *e = make_engine(m, false, kv_type);
     if (!e) return;
     int vocab = m->config.vocab_size;
     const cJSON *tf = cJSON_GetObjectItemCaseSensitive(refs, "teacher_forced");
@@ -91,8 +92,10 @@ static void check_quantized(const model *m, const cJSON *refs) {
                        p, got, argmax[p], cJSON_GetArrayItem(gaps, p)->valuedouble, row[got],
                        row[argmax[p]]);
         }
-        printf("Q4_1 teacher-forced argmax agreement %d/%d (%.1f%%)\n", agree, n, 100.0 * agree / n);
-        CHECK_MSG(agree >= 0.98 * n, "argmax agreement %d/%d below 98%%", agree, n);
+        printf("Q4_1, %s KV: teacher-forced argmax agreement %d/%d (%.1f%%)\n", dtype_name(kv_type),
+               agree, n, 100.0 * agree / n);
+        CHECK_MSG(agree >= 0.98 * n, "%s KV: argmax agreement %d/%d below 98%%",
+                  dtype_name(kv_type), agree, n);
     }
     etu_seq_free(e, &s);
 
@@ -114,8 +117,9 @@ static void check_quantized(const model *m, const cJSON *refs) {
     size_t len = 0;
     cinder_error err = {0};
     CHECK(tok_decode(m->tok, out, (size_t)n_out, false, text, sizeof text, &len, &err) == CINDER_OK);
-    printf("Q4_1 chat answer: %s\n", text);
-    CHECK_MSG(strstr(text, "Paris") != NULL, "the answer does not name Paris: '%s'", text);
+    printf("Q4_1, %s KV: chat answer: %s\n", dtype_name(kv_type), text);
+    CHECK_MSG(strstr(text, "Paris") != NULL, "%s KV: the answer does not name Paris: '%s'",
+              dtype_name(kv_type), text);
     etu_seq_free(e, &s);
     free(prompt);
     free(logits);
@@ -139,7 +143,8 @@ int main(void) {
     CHECK(refs != NULL);
     if (m && refs) {
         check_f32(m, refs);
-        check_quantized(m, refs);
+        check_quantized(m, refs, DTYPE_F32);
+        check_quantized(m, refs, DTYPE_F16);
     }
     cJSON_Delete(refs);
     model_free(m);

@@ -777,27 +777,36 @@ static void test_elementwise(void) {
 
 /* Sequences of the attention checks: 0 is prefilled whole, in chunks and in a batch, 1 and 2
  * keep it company in the batch (2 decoding). Every position's K/V is written up front into
- * scattered blocks of a NaN-poisoned pool, so a key read outside a sequence's context shows. */
+ * scattered blocks of a NaN-poisoned pool of type kvt (F32, F16, BF16), so a key read outside a
+ * sequence's context shows. */
 enum { ATTN_SEQS = 3, ATTN_HEADS_MAX = 9 };
 static const int attn_len[ATTN_SEQS] = {100, 37, 70};
 
 typedef struct attn_setup {
     int n_heads, n_kv, hd, bs, window;
+    dtype kvt;
     kernel_kv_layer kv;
     int32_t *table[ATTN_SEQS];
     float *q[ATTN_SEQS]; /* [attn_len, n_heads, hd] */
     float *k[ATTN_SEQS]; /* [attn_len, n_kv, hd] */
     float *v[ATTN_SEQS];
+    float *kq, *vq; /* sequence 0's k and v as the pool holds them (rounded to kvt) */
 } attn_setup;
 
 static void attn_setup_make(attn_setup *a, kernel_ops *k, int bs) {
     int blocks = 0;
     for (int i = 0; i < ATTN_SEQS; i++) blocks += (attn_len[i] + bs - 1) / bs;
     int n_blocks = blocks + 3;
-    size_t pool = (size_t)n_blocks * a->n_kv * bs * a->hd;
-    a->kv = (kernel_kv_layer){malloc(pool * 4), malloc(pool * 4), n_blocks, bs, a->n_kv, a->hd,
-                              DTYPE_F32};
-    for (size_t i = 0; i < pool; i++) a->kv.k[i] = a->kv.v[i] = NAN;
+    size_t pool = (size_t)n_blocks * a->n_kv * bs * a->hd, eb = a->kvt == DTYPE_F32 ? 4 : 2;
+    a->kv = (kernel_kv_layer){
+        malloc(pool * eb), malloc(pool * eb), n_blocks, bs, a->n_kv, a->hd, a->kvt};
+    if (a->kvt == DTYPE_F32) {
+        for (size_t i = 0; i < pool; i++) a->kv.k[i] = a->kv.v[i] = NAN;
+    } else {
+        uint16_t nan16 = a->kvt == DTYPE_F16 ? 0x7e00 : 0x7fc0, *k16 = (uint16_t *)a->kv.k;
+        for (size_t i = 0; i < pool; i++) k16[i] = nan16;
+        memcpy(a->kv.v, a->kv.k, pool * eb);
+    }
     int32_t *perm = malloc((size_t)n_blocks * sizeof *perm);
     for (int i = 0; i < n_blocks; i++) perm[i] = i;
     for (int i = n_blocks - 1; i > 0; i--) {
@@ -830,21 +839,48 @@ static void attn_whole(kernel_ops *k, const attn_setup *a, float *out) {
                      a->window);
 }
 
+/* Values as a pool of type t holds them: rounded to F16 or BF16 (nearest even). */
+static float *attn_rounded(const float *x, size_t n, dtype t) {
+    float *r = malloc(n * sizeof *r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = t == DTYPE_F16    ? fp16_to_f32(f32_to_fp16(x[i]))
+               : t == DTYPE_BF16 ? bf16_to_f32(f32_to_bf16(x[i]))
+                                 : x[i];
+    return r;
+}
+
 static void test_attention_case(attn_setup *a) {
     int n = attn_len[0], nh = a->n_heads, hd = a->hd, g = nh / a->n_kv;
     size_t row = (size_t)nh * hd, bytes = (size_t)n * row * sizeof(float);
+    size_t kv_vals = (size_t)n * a->n_kv * hd;
     float scale = 1 / sqrtf((float)hd);
     float *ref = malloc(bytes), *out = malloc(bytes), *got = malloc(bytes);
+    a->kq = attn_rounded(a->k[0], kv_vals, a->kvt);
+    a->vq = attn_rounded(a->v[0], kv_vals, a->kvt);
     static const int sizes[] = {16, 1, 32, 7};
     for (int l = 0; l < n_levels; l++) {
         for (int b = 0; b < 4; b++) {
             attn_setup_make(a, levels[l].ops[0], sizes[b]);
-            char what[96];
-            snprintf(what, sizeof what, "attention on %s, %d:%d heads, hd %d, window %d, bs %d",
-                     levels[l].name, nh, a->n_kv, hd, a->window, sizes[b]);
+            char what[112];
+            snprintf(what, sizeof what,
+                     "attention on %s, %s KV, %d:%d heads, hd %d, window %d, bs %d", levels[l].name,
+                     dtype_name(a->kvt), nh, a->n_kv, hd, a->window, sizes[b]);
             attn_whole(levels[l].ops[0], a, out);
+            if (b == 0 && a->kvt != DTYPE_F32) {
+                /* the pool's values widen exactly and the arithmetic is F32's: the same bits as
+                 * an F32 pool that holds the rounded values */
+                attn_setup f = *a;
+                f.kvt = DTYPE_F32;
+                f.k[0] = a->kq, f.v[0] = a->vq;
+                attn_setup_make(&f, levels[l].ops[0], sizes[b]);
+                attn_whole(levels[l].ops[0], &f, got);
+                CHECK_MSG(memcmp(got, out, bytes) == 0, "%s: differs from F32 KV of its values",
+                          what);
+                attn_setup_free_pool(&f);
+            }
             if (b == 0) {
-                /* against double precision: within a few roundings of the largest |v| (or 1) */
+                /* against double precision from the values the pool holds: within a few
+                 * roundings of the largest |v| (or 1) */
                 memcpy(ref, out, bytes);
                 double worst = 0;
                 double *w = malloc((size_t)n * sizeof *w);
@@ -854,7 +890,7 @@ static void test_attention_case(attn_setup *a) {
                         int j0 = a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0;
                         double mx = -INFINITY, sum = 0, vmax = 1;
                         for (int j = j0; j <= t; j++) {
-                            const float *kr = a->k[0] + ((size_t)j * a->n_kv + h / g) * hd;
+                            const float *kr = a->kq + ((size_t)j * a->n_kv + h / g) * hd;
                             double d = 0;
                             for (int i = 0; i < hd; i++) d += (double)qr[i] * kr[i];
                             w[j] = d * scale;
@@ -864,7 +900,7 @@ static void test_attention_case(attn_setup *a) {
                         for (int i = 0; i < hd; i++) {
                             double o = 0;
                             for (int j = j0; j <= t; j++) {
-                                float v = a->v[0][((size_t)j * a->n_kv + h / g) * hd + i];
+                                float v = a->vq[((size_t)j * a->n_kv + h / g) * hd + i];
                                 o += w[j] * v;
                                 vmax = fabs(v) > vmax ? fabs(v) : vmax;
                             }
@@ -909,26 +945,80 @@ static void test_attention_case(attn_setup *a) {
     free(ref);
     free(out);
     free(got);
+    free(a->kq);
+    free(a->vq);
 }
 
-/* Flash attention against double precision; per level, identical bits for 1-3 threads, for a
- * prompt in chunks, in a batch and for any block size. Head dims 64 and 128 have AVX2 kernels;
- * 8 and 48 take the portable one. */
+/* kv_write into F16 and BF16 pools: the portable converters' bits (round to nearest even) on
+ * every level and at 1 and 3 threads, a NaN stays a NaN; F32, F16 and BF16 are supported. */
+static void test_kv_write(void) {
+    /* HD: an 8-wide piece and a tail; N * NKV * HD > 16384 values: on the pool's threads */
+    enum { N = 700, NKV = 2, HD = 12, BS = 16 };
+    float *k = activations_make(N, NKV * HD), *v = activations_make(N, NKV * HD);
+    k[5] = NAN, k[6] = 70000.0f, k[7] = 65519.0f, k[8] = 3e-6f, k[9] = -1e-9f, v[3] = -INFINITY;
+    k[10] = 1.0f + 0x1p-11f, k[11] = 1.0f + 0x3p-11f; /* ties: to even */
+    int32_t *slots = malloc(N * sizeof *slots);
+    for (int t = 0; t < N; t++) slots[t] = N - 1 - t;
+    int n_blocks = (N + BS - 1) / BS;
+    size_t vals = (size_t)n_blocks * NKV * BS * HD;
+    uint16_t *pk = malloc(vals * 2), *pv = malloc(vals * 2);
+    static const dtype types[] = {DTYPE_F16, DTYPE_BF16};
+    for (int l = 0; l < n_levels; l++) {
+        CHECK(kernel_supports_kv(levels[l].ops[0], DTYPE_F32));
+        CHECK(kernel_supports_kv(levels[l].ops[0], DTYPE_F16));
+        CHECK(kernel_supports_kv(levels[l].ops[0], DTYPE_BF16));
+        CHECK(!kernel_supports_kv(levels[l].ops[0], DTYPE_Q8_0));
+        for (int ti = 0; ti < 2; ti++)
+            for (int i = 0; i < 3; i += 2) {
+                dtype t = types[ti];
+                memset(pk, 0xff, vals * 2), memset(pv, 0xff, vals * 2);
+                kernel_kv_layer kv = {(float *)pk, (float *)pv, n_blocks, BS, NKV, HD, t};
+                kernel_kv_write(levels[l].ops[i], &kv, k, v, slots, N);
+                int bad = 0;
+                for (int tok = 0; tok < N && !bad; tok++)
+                    for (int h = 0; h < NKV; h++)
+                        for (int d = 0; d < HD; d++) {
+                            int32_t s = slots[tok];
+                            size_t at = (((size_t)(s / BS) * NKV + h) * BS + s % BS) * HD + d;
+                            float xk = k[((size_t)tok * NKV + h) * HD + d];
+                            float xv = v[((size_t)tok * NKV + h) * HD + d];
+                            uint16_t wk = t == DTYPE_F16 ? f32_to_fp16(xk) : f32_to_bf16(xk);
+                            uint16_t wv = t == DTYPE_F16 ? f32_to_fp16(xv) : f32_to_bf16(xv);
+                            float gk = t == DTYPE_F16 ? fp16_to_f32(pk[at]) : bf16_to_f32(pk[at]);
+                            if (isnan(xk) ? !isnan(gk) : pk[at] != wk) bad++;
+                            if (pv[at] != wv) bad++;
+                        }
+                CHECK_MSG(!bad, "kv_write on %s, %s pool, %d threads: %d values differ",
+                          levels[l].name, dtype_name(t), thread_counts[i], bad);
+            }
+    }
+    free(pk), free(pv), free(slots), free(k), free(v);
+}
+
+/* Flash attention against double precision; per level and KV type, identical bits for 1-3
+ * threads, for a prompt in chunks, in a batch and for any block size; F16 and BF16 pools give
+ * the bits of an F32 pool holding their values. Head dims 64 and 128 have AVX2 kernels; 8 and
+ * 48 take the portable one. */
 static void test_attention(void) {
     static const int dims[] = {64, 128, 8, 48}, heads[][2] = {{9, 3}, {8, 2}};
-    for (int d = 0; d < 4; d++)
-        for (int h = 0; h < 2; h++)
-            for (int window = 0; window <= 20; window += 20) {
-                attn_setup a = {
-                    .n_heads = heads[h][0], .n_kv = heads[h][1], .hd = dims[d], .window = window};
-                for (int s = 0; s < ATTN_SEQS; s++) {
-                    a.q[s] = activations_make(attn_len[s], (int64_t)a.n_heads * a.hd);
-                    a.k[s] = activations_make(attn_len[s], (int64_t)a.n_kv * a.hd);
-                    a.v[s] = activations_make(attn_len[s], (int64_t)a.n_kv * a.hd);
+    static const dtype kvts[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16};
+    for (int t = 0; t < 3; t++)
+        for (int d = 0; d < 4; d++)
+            for (int h = 0; h < 2; h++)
+                for (int window = 0; window <= 20; window += 20) {
+                    attn_setup a = {.n_heads = heads[h][0],
+                                    .n_kv = heads[h][1],
+                                    .hd = dims[d],
+                                    .window = window,
+                                    .kvt = kvts[t]};
+                    for (int s = 0; s < ATTN_SEQS; s++) {
+                        a.q[s] = activations_make(attn_len[s], (int64_t)a.n_heads * a.hd);
+                        a.k[s] = activations_make(attn_len[s], (int64_t)a.n_kv * a.hd);
+                        a.v[s] = activations_make(attn_len[s], (int64_t)a.n_kv * a.hd);
+                    }
+                    test_attention_case(&a);
+                    for (int s = 0; s < ATTN_SEQS; s++) free(a.q[s]), free(a.k[s]), free(a.v[s]);
                 }
-                test_attention_case(&a);
-                for (int s = 0; s < ATTN_SEQS; s++) free(a.q[s]), free(a.k[s]), free(a.v[s]);
-            }
 }
 
 static void test_weight_from_tensor(void) {
@@ -1100,6 +1190,7 @@ int main(void) {
     test_rope();
     test_rope_inv_freq();
     test_elementwise();
+    test_kv_write();
     test_attention();
     test_weight_from_tensor();
     test_create();

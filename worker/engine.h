@@ -37,7 +37,8 @@ bool engine_backend_parse(const char *s, engine_backend *out);
 typedef struct engine_options {
     engine_backend backend; /* default CPU */
     int device;             /* CUDA device ordinal */
-    dtype kv_type;          /* KV pools: F32 (default, every backend) or BF16 (CUDA) */
+    dtype kv_type;          /* KV pools: F32 (default, every backend), F16 (CPU) or BF16
+                               (CPU, CUDA); see kernel_supports_kv */
     double kv_fraction;     /* > 0 and kv_blocks 0: the KV pool takes this fraction of the
                                backend's free memory after weights and scratch (CUDA) */
     int n_threads;        /* 0: one per online CPU */

@@ -7,7 +7,7 @@
 
 size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
                                  dtype type) {
-    size_t elem = type == DTYPE_F32 ? sizeof(float) : 2; /* F32 or BF16 */
+    size_t elem = type == DTYPE_F32 ? sizeof(float) : 2; /* F32, or F16 / BF16 */
     return 2 * (size_t)n_layers * (size_t)n_kv_heads * (size_t)block_size * (size_t)head_dim *
            elem;
 }
@@ -35,7 +35,7 @@ static void kv_pool_free(kernel_ops *b, float *p) {
 
 kv_cache *kv_cache_create_on(kernel_ops *backend, int n_layers, int n_kv_heads, int head_dim,
                              int block_size, int32_t n_blocks, dtype type, cinder_error *err) {
-    if (type != DTYPE_F32 && type != DTYPE_BF16) {
+    if (type != DTYPE_F32 && type != DTYPE_F16 && type != DTYPE_BF16) {
         cinder_error_set(err, CINDER_ERR_UNSUPPORTED, "KV cache of type %s", dtype_name(type));
         return NULL;
     }
@@ -154,7 +154,7 @@ void kv_cache_copy_block(kv_cache *c, int32_t src, int32_t dst) {
     CN_ASSERT(src >= 0 && src < c->n_blocks && dst >= 0 && dst < c->n_blocks);
     /* Through the host, so that any backend's pools work: copy-on-write is rare (forked
      * sequences only), and one block is small. */
-    size_t elem = c->type == DTYPE_BF16 ? 2 : 4;
+    size_t elem = c->type == DTYPE_F32 ? 4 : 2;
     size_t bytes = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim * elem;
     uint8_t *stage = malloc(bytes);
     CN_ASSERT(stage);

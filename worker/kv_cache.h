@@ -33,7 +33,7 @@ typedef struct kv_cache {
 
 /* Bytes one block takes over all layers (K and V) in F32. */
 size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int block_size);
-/* The same for pools of another type (F32 or BF16). */
+/* The same for pools of another type (F32, F16 or BF16). */
 size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
                                  dtype type);
 
@@ -41,7 +41,7 @@ size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int
  * sizes are not positive or memory runs out. */
 kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_size,
                           int32_t n_blocks, cinder_error *err);
-/* The same in a backend's memory (NULL: host) with pools of type (F32, or BF16 where
+/* The same in a backend's memory (NULL: host) with pools of type (F32, or F16 / BF16 where
  * kernel_supports_kv says so; CINDER_ERR_UNSUPPORTED otherwise). Pools come zeroed
  * (kernel_alloc's memory is). */
 kv_cache *kv_cache_create_on(kernel_ops *backend, int n_layers, int n_kv_heads, int head_dim,

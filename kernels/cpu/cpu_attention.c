@@ -10,7 +10,13 @@
  * row's arithmetic depends on its query and its keys only, never on the block size, on the
  * tile or on how the prompt was chunked. Only one span of scores per row exists at a time;
  * there is no score matrix. An item is computed by one thread start to end, so results do
- * not depend on the thread count. */
+ * not depend on the thread count.
+ *
+ * Pools hold F32, F16 or BF16 (kernel_kv_layer.type). kv_write rounds to nearest even; the
+ * kernels widen K and V to F32 as they load them (the AVX2 ones in registers, the portable one
+ * a span at a time into scratch), and compute exactly as over an F32 pool: widening is exact,
+ * so a 16-bit pool gives the bits of an F32 pool holding its values. Decode reads each K/V row
+ * once per item from memory, so half the bytes is most of what 16 bits buy. */
 #include "cpu_attention.h"
 
 #include <math.h>
@@ -28,6 +34,13 @@
 /* Floats per row of span scores: a span plus the padding lanes of a 4-key step. */
 #define CPU_ATTN_SC_W (CPU_ATTN_SPAN + 8)
 
+/* Floats of an item's scratch for rows: acc [rows, hd], m and l [rows], span scores
+ * [rows, CPU_ATTN_SC_W], the queries [rows, hd]. After it, the portable kernel widens a span
+ * of 16-bit K and V rows to F32: [2, CPU_ATTN_SPAN, hd]. */
+static inline size_t attn_scratch_rows(int rows, int hd) {
+    return (size_t)rows * (2 * hd + 2 + CPU_ATTN_SC_W);
+}
+
 void cpu_attn_scratch_free(cpu_attn_scratch *s) {
     free(s->buf);
     free(s->tile_start);
@@ -38,27 +51,68 @@ typedef struct kv_write_args {
     const kernel_kv_layer *kv;
     const float *k, *v;
     const int32_t *slots;
+    bool avx2;
 } kv_write_args;
+
+/* Bytes of one value in a pool of this type. */
+static inline size_t kv_elem_bytes(dtype type) {
+    return type == DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+}
+
+#if defined(__x86_64__)
+/* F16 by F16C, round to nearest even: the bits f32_to_fp16 gives (a NaN stays a NaN, with
+ * F16C's payload rather than the portable one's). */
+__attribute__((target("avx2,f16c"))) static void kv_row_f16_avx2(uint16_t *dst, const float *src,
+                                                                 int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+}
+#endif
+
+/* One head's row of n values into a pool of type type. */
+static inline void kv_row_store(void *dst, const float *src, int n, dtype type, bool avx2) {
+    if (type == DTYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (type == DTYPE_F16) {
+#if defined(__x86_64__)
+        if (avx2) {
+            kv_row_f16_avx2(dst, src, n);
+            return;
+        }
+#endif
+        uint16_t *d = dst;
+        for (int i = 0; i < n; i++) d[i] = f32_to_fp16(src[i]);
+    } else {
+        uint16_t *d = dst;
+        for (int i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
+    }
+    (void)avx2;
+}
 
 static void kv_write_rows(void *arg, int64_t t0, int64_t t1, int thread) {
     const kv_write_args *a = arg;
     const kernel_kv_layer *kv = a->kv;
     int hd = kv->head_dim, bs = kv->block_size, nkv = kv->n_kv_heads;
+    size_t eb = kv_elem_bytes(kv->type);
     for (int64_t t = t0; t < t1; t++) {
         int32_t slot = a->slots[t], block = slot / bs, off = slot % bs;
         CN_ASSERT(slot >= 0 && block < kv->n_blocks);
         for (int h = 0; h < nkv; h++) {
-            size_t dst = (((size_t)block * nkv + h) * bs + off) * hd;
+            size_t dst = (((size_t)block * nkv + h) * bs + off) * hd * eb;
             size_t src = ((size_t)t * nkv + h) * hd;
-            memcpy(kv->k + dst, a->k + src, (size_t)hd * sizeof(float));
-            memcpy(kv->v + dst, a->v + src, (size_t)hd * sizeof(float));
+            kv_row_store((uint8_t *)kv->k + dst, a->k + src, hd, kv->type, a->avx2);
+            kv_row_store((uint8_t *)kv->v + dst, a->v + src, hd, kv->type, a->avx2);
         }
     }
 }
 
 void cpu_kv_write(cpu_pool *pool, const kernel_kv_layer *kv, const float *k, const float *v,
-                  const int32_t *slots, int n) {
-    kv_write_args a = {kv, k, v, slots};
+                  const int32_t *slots, int n, bool avx2) {
+    CN_ASSERT(kv->type == DTYPE_F32 || kv->type == DTYPE_F16 || kv->type == DTYPE_BF16);
+    kv_write_args a = {kv, k, v, slots, avx2};
     if ((int64_t)n * kv->n_kv_heads * kv->head_dim < 16384) kv_write_rows(&a, 0, n, 0);
     else cpu_pool_run(pool, kv_write_rows, &a, n, 16);
 }
@@ -112,17 +166,30 @@ static inline attn_tile attn_tile_of(const attn_args *a, int64_t item) {
     return t;
 }
 
-/* Pointers to the K and V rows of positions [p, p + n) for KV head h. */
+/* Pointers to the K and V rows of positions [p, p + n) for KV head h, in the pool's type. */
 static inline void attn_span_rows(const kernel_kv_layer *kv, const int32_t *table, int h, int32_t p,
-                                  int n, const float **kr, const float **vr) {
+                                  int n, const void **kr, const void **vr) {
     int bs = kv->block_size;
     int32_t b = p / bs, off = p % bs;
+    size_t eb = kv_elem_bytes(kv->type);
     for (int j = 0; j < n; j++) {
-        size_t row = (((size_t)table[b] * kv->n_kv_heads + h) * bs + off) * kv->head_dim;
-        kr[j] = kv->k + row;
-        vr[j] = kv->v + row;
+        size_t row = (((size_t)table[b] * kv->n_kv_heads + h) * bs + off) * kv->head_dim * eb;
+        kr[j] = (const uint8_t *)kv->k + row;
+        vr[j] = (const uint8_t *)kv->v + row;
         if (++off == bs) off = 0, b++;
     }
+}
+
+/* A K or V row as F32: the row itself in an F32 pool, else widened into buf (exactly: every
+ * F16 and BF16 value is an F32 value). */
+static inline const float *attn_row_f32(const void *row, dtype type, float *buf, int hd) {
+    const uint16_t *h = row;
+    if (type == DTYPE_F32) return row;
+    if (type == DTYPE_F16)
+        for (int i = 0; i < hd; i++) buf[i] = fp16_to_f32(h[i]);
+    else
+        for (int i = 0; i < hd; i++) buf[i] = bf16_to_f32(h[i]);
+    return buf;
 }
 
 /* The keys of the span at position p0 that the query at qpos sees: [*jlo, *jhi), relative to
@@ -155,16 +222,22 @@ static void attn_item(const attn_args *a, int64_t item, float *scratch) {
     const kernel_attn_seq *s = tl.s;
     int hd = a->kv->head_dim, g = a->group, rows = tl.rows;
     float *acc = scratch, *m = acc + (size_t)rows * hd, *l = m + rows, *sc = l + rows;
+    float *wk = scratch + attn_scratch_rows(rows, hd), *wv = wk + (size_t)CPU_ATTN_SPAN * hd;
     for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
     memset(acc, 0, (size_t)rows * hd * sizeof(float));
 
+    const void *kp[CPU_ATTN_SPAN], *vp[CPU_ATTN_SPAN];
     const float *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
     for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
          p0 += CPU_ATTN_SPAN) {
         int j_beg = tl.lo_pos > p0 ? tl.lo_pos - p0 : 0;
         int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
-        attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kr + j_beg,
-                       vr + j_beg);
+        attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kp + j_beg,
+                       vp + j_beg);
+        for (int j = j_beg; j < j_end; j++) {
+            kr[j] = attn_row_f32(kp[j], a->kv->type, wk + (size_t)j * hd, hd);
+            vr[j] = attn_row_f32(vp[j], a->kv->type, wv + (size_t)j * hd, hd);
+        }
         for (int t = tl.t0; t < tl.t1; t++) {
             int j_lo, j_hi;
             attn_span_range(tl.first_pos + t, p0, a->window, &j_lo, &j_hi);
@@ -216,7 +289,7 @@ static void attn_item(const attn_args *a, int64_t item, float *scratch) {
  *   - the span's sum of e^(s - m') by span lane (key position mod 8, 0 for keys not seen,
  *     which adds nothing), then one fixed tree;
  *   - acc * e^(m - m'), then one FMA per key seen, in key order. */
-#define ATTN_TARGET __attribute__((target("avx2,fma")))
+#define ATTN_TARGET __attribute__((target("avx2,fma,f16c")))
 #define ATTN_INLINE static inline __attribute__((always_inline))
 
 /* [dot(a0), dot(a1), dot(a2), dot(a3)] from four 8-lane partial sums */
@@ -228,10 +301,22 @@ ATTN_TARGET ATTN_INLINE __m128 attn_hsum4(__m256 a0, __m256 a1, __m256 a2, __m25
     return _mm_add_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1));
 }
 
-/* A K or V vector for R rows: with R > 1 held in a register, else GCC folds the load into
- * each row's FMA and loads the vector R times. */
-ATTN_TARGET ATTN_INLINE __m256 attn_load(const float *p, const int R) {
-    __m256 x = _mm256_loadu_ps(p);
+/* Values [i, i + 8) of a K or V row of type T, as F32 (exact: F16 by F16C, BF16 by a shift
+ * into the high half). */
+ATTN_TARGET ATTN_INLINE __m256 attn_kv(const void *row, int i, const dtype T) {
+    if (T == DTYPE_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    if (T == DTYPE_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i))),
+            16));
+    return _mm256_loadu_ps((const float *)row + i);
+}
+
+/* The same for R rows: with R > 1 held in a register, else GCC folds an F32 load into each
+ * row's FMA and loads the vector R times. */
+ATTN_TARGET ATTN_INLINE __m256 attn_load(const void *row, int i, const int R, const dtype T) {
+    __m256 x = attn_kv(row, i, T);
     if (R > 1) __asm__("" : "+x"(x));
     return x;
 }
@@ -239,29 +324,33 @@ ATTN_TARGET ATTN_INLINE __m256 attn_load(const float *p, const int R) {
 /* Scores of keys [j_lo, j_hi) of the span for R (1 or 2) rows into sc[r][j], four keys at a
  * time (a key past the last is a copy of it; up to 3 lanes past j_hi are written). */
 ATTN_TARGET ATTN_INLINE void attn_scores(const float *const *q, float *const *sc,
-                                         const float *const *kr, int j_lo, int j_hi, __m128 scale,
-                                         const int R, const int HD) {
+                                         const void *const *kr, int j_lo, int j_hi, __m128 scale,
+                                         const int R, const int HD, const dtype T) {
     enum { NV_MAX = 16 };
     const int NV = HD / 8;
     __m256 q0[NV_MAX];
     if (R == 1)
         for (int v = 0; v < NV; v++) q0[v] = _mm256_loadu_ps(q[0] + 8 * v);
     for (int j = j_lo; j < j_hi; j += 4) {
-        const float *k0 = kr[j];
-        const float *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
-        const float *k2 = j + 2 < j_hi ? kr[j + 2] : k0;
-        const float *k3 = j + 3 < j_hi ? kr[j + 3] : k0;
+        const void *k0 = kr[j];
+        const void *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
+        const void *k2 = j + 2 < j_hi ? kr[j + 2] : k0;
+        const void *k3 = j + 3 < j_hi ? kr[j + 3] : k0;
         __m256 d[2][4];
-        for (int r = 0; r < R; r++) {
-            __m256 qv = R == 1 ? q0[0] : _mm256_loadu_ps(q[r]);
-            d[r][0] = _mm256_mul_ps(qv, _mm256_loadu_ps(k0));
-            d[r][1] = _mm256_mul_ps(qv, _mm256_loadu_ps(k1));
-            d[r][2] = _mm256_mul_ps(qv, _mm256_loadu_ps(k2));
-            d[r][3] = _mm256_mul_ps(qv, _mm256_loadu_ps(k3));
+        {
+            __m256 kv0 = attn_load(k0, 0, R, T), kv1 = attn_load(k1, 0, R, T);
+            __m256 kv2 = attn_load(k2, 0, R, T), kv3 = attn_load(k3, 0, R, T);
+            for (int r = 0; r < R; r++) {
+                __m256 qv = R == 1 ? q0[0] : _mm256_loadu_ps(q[r]);
+                d[r][0] = _mm256_mul_ps(qv, kv0);
+                d[r][1] = _mm256_mul_ps(qv, kv1);
+                d[r][2] = _mm256_mul_ps(qv, kv2);
+                d[r][3] = _mm256_mul_ps(qv, kv3);
+            }
         }
         for (int v = 1; v < NV; v++) {
-            __m256 kv0 = attn_load(k0 + 8 * v, R), kv1 = attn_load(k1 + 8 * v, R);
-            __m256 kv2 = attn_load(k2 + 8 * v, R), kv3 = attn_load(k3 + 8 * v, R);
+            __m256 kv0 = attn_load(k0, 8 * v, R, T), kv1 = attn_load(k1, 8 * v, R, T);
+            __m256 kv2 = attn_load(k2, 8 * v, R, T), kv3 = attn_load(k3, 8 * v, R, T);
             for (int r = 0; r < R; r++) {
                 __m256 qv = R == 1 ? q0[v] : _mm256_loadu_ps(q[r] + 8 * v);
                 d[r][0] = _mm256_fmadd_ps(qv, kv0, d[r][0]);
@@ -314,26 +403,26 @@ ATTN_TARGET ATTN_INLINE float attn_softmax(float *sc, int j_lo, int j_hi, float 
 }
 
 /* acc += p[j] v_j for keys [j_lo, j_hi), over the 8 * N values of acc (in registers). */
-ATTN_TARGET ATTN_INLINE void attn_v1(__m256 *acc, const float *p, const float *const *vr, int off,
-                                     int j_lo, int j_hi, const int N) {
+ATTN_TARGET ATTN_INLINE void attn_v1(__m256 *acc, const float *p, const void *const *vr, int off,
+                                     int j_lo, int j_hi, const int N, const dtype T) {
     for (int j = j_lo; j < j_hi; j++) {
         const __m256 pv = _mm256_set1_ps(p[j]);
         for (int v = 0; v < N; v++)
-            acc[v] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr[j] + off + 8 * v), acc[v]);
+            acc[v] = _mm256_fmadd_ps(pv, attn_kv(vr[j], off + 8 * v, T), acc[v]);
     }
 }
 
 /* One row alone over its keys [j_lo, j_hi) of the span. */
 ATTN_TARGET ATTN_INLINE void attn_row1(const float *q, float *sc, float *acc, float *m, float *l,
-                                       const float *const *kr, const float *const *vr, int j_lo,
-                                       int j_hi, __m128 scale, const int HD) {
+                                       const void *const *kr, const void *const *vr, int j_lo,
+                                       int j_hi, __m128 scale, const int HD, const dtype T) {
     enum { NV_MAX = 16 };
     const int NV = HD / 8;
-    attn_scores(&q, &sc, kr, j_lo, j_hi, scale, 1, HD);
+    attn_scores(&q, &sc, kr, j_lo, j_hi, scale, 1, HD, T);
     const __m256 cv = _mm256_set1_ps(attn_softmax(sc, j_lo, j_hi, m, l));
     __m256 av[NV_MAX];
     for (int v = 0; v < NV; v++) av[v] = _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * v), cv);
-    attn_v1(av, sc, vr, 0, j_lo, j_hi, NV);
+    attn_v1(av, sc, vr, 0, j_lo, j_hi, NV, T);
     for (int v = 0; v < NV; v++) _mm256_storeu_ps(acc + 8 * v, av[v]);
 }
 
@@ -341,11 +430,12 @@ ATTN_TARGET ATTN_INLINE void attn_row1(const float *q, float *sc, float *acc, fl
  * [lo_b, hi_b), lo_a <= lo_b and hi_a <= hi_b. */
 ATTN_TARGET ATTN_INLINE void attn_row2(const float *qa, const float *qb, float *sca, float *scb,
                                        float *acca, float *accb, float *m, float *l,
-                                       const float *const *kr, const float *const *vr, int lo_a,
-                                       int hi_a, int lo_b, int hi_b, __m128 scale, const int HD) {
+                                       const void *const *kr, const void *const *vr, int lo_a,
+                                       int hi_a, int lo_b, int hi_b, __m128 scale, const int HD,
+                                       const dtype T) {
     const float *q[2] = {qa, qb};
     float *sc[2] = {sca, scb};
-    attn_scores(q, sc, kr, lo_a, hi_b, scale, 2, HD);
+    attn_scores(q, sc, kr, lo_a, hi_b, scale, 2, HD, T);
     const __m256 ca = _mm256_set1_ps(attn_softmax(sca, lo_a, hi_a, &m[0], &l[0]));
     const __m256 cb = _mm256_set1_ps(attn_softmax(scb, lo_b, hi_b, &m[1], &l[1]));
     /* keys a alone sees, then both, then b alone: each row still takes its keys in order */
@@ -358,16 +448,16 @@ ATTN_TARGET ATTN_INLINE void attn_row2(const float *qa, const float *qb, float *
             a4[v] = _mm256_mul_ps(_mm256_loadu_ps(acca + off + 8 * v), ca);
             b4[v] = _mm256_mul_ps(_mm256_loadu_ps(accb + off + 8 * v), cb);
         }
-        attn_v1(a4, sca, vr, off, lo_a, a_end, 4);
+        attn_v1(a4, sca, vr, off, lo_a, a_end, 4, T);
         for (int j = both_lo; j < both_hi; j++) {
             const __m256 pa = _mm256_set1_ps(sca[j]), pb = _mm256_set1_ps(scb[j]);
             for (int v = 0; v < 4; v++) {
-                const __m256 vv = attn_load(vr[j] + off + 8 * v, 2);
+                const __m256 vv = attn_load(vr[j], off + 8 * v, 2, T);
                 a4[v] = _mm256_fmadd_ps(pa, vv, a4[v]);
                 b4[v] = _mm256_fmadd_ps(pb, vv, b4[v]);
             }
         }
-        attn_v1(b4, scb, vr, off, both_hi, hi_b, 4);
+        attn_v1(b4, scb, vr, off, both_hi, hi_b, 4, T);
         for (int v = 0; v < 4; v++) {
             _mm256_storeu_ps(acca + off + 8 * v, a4[v]);
             _mm256_storeu_ps(accb + off + 8 * v, b4[v]);
@@ -380,22 +470,22 @@ ATTN_TARGET ATTN_INLINE void attn_row2(const float *qa, const float *qb, float *
  * twelve FMA chains with 2/3 of a K or V load per FMA (a pair: eight chains, 3/4). */
 #define ATTN_WIDE 6
 ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *acc, float *m,
-                                            float *l, const float *const *kr,
-                                            const float *const *vr, int j_lo, int j_hi,
-                                            __m128 scale, const int R, const int HD) {
+                                            float *l, const void *const *kr, const void *const *vr,
+                                            int j_lo, int j_hi, __m128 scale, const int R,
+                                            const int HD, const dtype T) {
     enum { W = CPU_ATTN_SC_W };
     const int NV = HD / 8;
     for (int j = j_lo; j < j_hi; j += 2) {
-        const float *k0 = kr[j], *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
+        const void *k0 = kr[j], *k1 = j + 1 < j_hi ? kr[j + 1] : k0;
         __m256 d[ATTN_WIDE][2];
-        __m256 kv0 = attn_load(k0, R), kv1 = attn_load(k1, R);
+        __m256 kv0 = attn_load(k0, 0, R, T), kv1 = attn_load(k1, 0, R, T);
         for (int r = 0; r < R; r++) {
             __m256 qv = _mm256_loadu_ps(q + r * HD);
             d[r][0] = _mm256_mul_ps(qv, kv0);
             d[r][1] = _mm256_mul_ps(qv, kv1);
         }
         for (int v = 1; v < NV; v++) {
-            kv0 = attn_load(k0 + 8 * v, R), kv1 = attn_load(k1 + 8 * v, R);
+            kv0 = attn_load(k0, 8 * v, R, T), kv1 = attn_load(k1, 8 * v, R, T);
             for (int r = 0; r < R; r++) {
                 __m256 qv = _mm256_loadu_ps(q + r * HD + 8 * v);
                 d[r][0] = _mm256_fmadd_ps(qv, kv0, d[r][0]);
@@ -420,7 +510,7 @@ ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *ac
             av[r][1] = _mm256_mul_ps(_mm256_loadu_ps(acc + r * HD + off + 8), cv[r]);
         }
         for (int j = j_lo; j < j_hi; j++) {
-            const __m256 v0 = attn_load(vr[j] + off, R), v1 = attn_load(vr[j] + off + 8, R);
+            const __m256 v0 = attn_load(vr[j], off, R, T), v1 = attn_load(vr[j], off + 8, R, T);
             for (int r = 0; r < R; r++) {
                 const __m256 pv = _mm256_set1_ps(sc[r * W + j]);
                 av[r][0] = _mm256_fmadd_ps(pv, v0, av[r][0]);
@@ -437,22 +527,23 @@ ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *ac
 /* Prefetches rows [p, p + n) of c (the K or the V pool) for KV head h. A decode item reads
  * its keys from memory with few FMAs per byte: this span's V and the next span's K stream in
  * while the scores are computed, and the V pass, which reads each row in pieces, hits L1. */
-ATTN_TARGET ATTN_INLINE void attn_prefetch(const float *c, const kernel_kv_layer *kv,
+ATTN_TARGET ATTN_INLINE void attn_prefetch(const void *c, const kernel_kv_layer *kv,
                                            const int32_t *table, int h, int32_t p, int n) {
     int bs = kv->block_size;
+    size_t eb = kv_elem_bytes(kv->type);
     while (n > 0) {
         int32_t off = p % bs, cnt = bs - off < n ? bs - off : n;
         const char *row =
-            (const char *)(c + (((size_t)table[p / bs] * kv->n_kv_heads + h) * bs + off) *
-                                   kv->head_dim);
-        for (size_t b = 0; b < (size_t)cnt * kv->head_dim * sizeof(float); b += 64)
+            (const char *)c +
+            (((size_t)table[p / bs] * kv->n_kv_heads + h) * bs + off) * kv->head_dim * eb;
+        for (size_t b = 0; b < (size_t)cnt * kv->head_dim * eb; b += 64)
             _mm_prefetch(row + b, _MM_HINT_T0);
         p += cnt, n -= cnt;
     }
 }
 
 ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item, float *scratch,
-                                               const int HD) {
+                                               const int HD, const dtype T) {
     attn_tile tl = attn_tile_of(a, item);
     const kernel_attn_seq *s = tl.s;
     int g = a->group, rows = tl.rows;
@@ -467,7 +558,7 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
     const __m128 scale = _mm_set1_ps(a->scale);
 #define ATTN_Q(r) (qt + (size_t)(r)*HD)
 
-    const float *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
+    const void *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
     for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
          p0 += CPU_ATTN_SPAN) {
         int j_beg = tl.lo_pos > p0 ? tl.lo_pos - p0 : 0;
@@ -491,10 +582,10 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
                     float *scr = sc + (size_t)r * CPU_ATTN_SC_W, *accr = acc + (size_t)r * HD;
                     if (n_wide == ATTN_WIDE)
                         attn_rows_wide(ATTN_Q(r), scr, accr, m + r, l + r, kr, vr, lo0, hi0, scale,
-                                       ATTN_WIDE, HD);
+                                       ATTN_WIDE, HD, T);
                     else
                         attn_rows_wide(ATTN_Q(r), scr, accr, m + r, l + r, kr, vr, lo0, hi0, scale,
-                                       3, HD);
+                                       3, HD, T);
                     r += n_wide;
                     continue;
                 }
@@ -507,12 +598,12 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
             float *sca = sc + (size_t)r * CPU_ATTN_SC_W, *acca = acc + (size_t)r * HD;
             if (ra && rb)
                 attn_row2(ATTN_Q(r), ATTN_Q(r + 1), sca, sca + CPU_ATTN_SC_W, acca, acca + HD,
-                          m + r, l + r, kr, vr, lo_a, hi_a, lo_b, hi_b, scale, HD);
+                          m + r, l + r, kr, vr, lo_a, hi_a, lo_b, hi_b, scale, HD, T);
             else if (ra)
-                attn_row1(ATTN_Q(r), sca, acca, m + r, l + r, kr, vr, lo_a, hi_a, scale, HD);
+                attn_row1(ATTN_Q(r), sca, acca, m + r, l + r, kr, vr, lo_a, hi_a, scale, HD, T);
             else if (rb)
                 attn_row1(ATTN_Q(r + 1), sca + CPU_ATTN_SC_W, acca + HD, m + r + 1, l + r + 1, kr,
-                          vr, lo_b, hi_b, scale, HD);
+                          vr, lo_b, hi_b, scale, HD, T);
             r += 2;
         }
     }
@@ -526,24 +617,32 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
         }
 }
 
-ATTN_TARGET static void attn_item_avx2_64(const attn_args *a, int64_t item, float *scratch) {
-    attn_item_avx2_hd(a, item, scratch, 64);
-}
-ATTN_TARGET static void attn_item_avx2_128(const attn_args *a, int64_t item, float *scratch) {
-    attn_item_avx2_hd(a, item, scratch, 128);
-}
+/* One instance per head dim and pool type. */
+#define ATTN_ITEM_AVX2(name, HD, T)                                                                \
+    ATTN_TARGET static void name(const attn_args *a, int64_t i0, int64_t i1, float *scratch) {     \
+        for (int64_t i = i0; i < i1; i++) attn_item_avx2_hd(a, i, scratch, HD, T);                 \
+    }
+ATTN_ITEM_AVX2(attn_items_avx2_64_f32, 64, DTYPE_F32)
+ATTN_ITEM_AVX2(attn_items_avx2_64_f16, 64, DTYPE_F16)
+ATTN_ITEM_AVX2(attn_items_avx2_64_bf16, 64, DTYPE_BF16)
+ATTN_ITEM_AVX2(attn_items_avx2_128_f32, 128, DTYPE_F32)
+ATTN_ITEM_AVX2(attn_items_avx2_128_f16, 128, DTYPE_F16)
+ATTN_ITEM_AVX2(attn_items_avx2_128_bf16, 128, DTYPE_BF16)
+#undef ATTN_ITEM_AVX2
+
+typedef void (*attn_items_fn)(const attn_args *a, int64_t i0, int64_t i1, float *scratch);
 #endif
 
 static void attn_items(void *arg, int64_t i0, int64_t i1, int thread) {
     const attn_args *a = arg;
     float *scratch = a->scratch + (size_t)thread * a->per_thread;
 #if defined(__x86_64__)
-    if (a->avx2 && a->kv->head_dim == 64) {
-        for (int64_t i = i0; i < i1; i++) attn_item_avx2_64(a, i, scratch);
-        return;
-    }
-    if (a->avx2 && a->kv->head_dim == 128) {
-        for (int64_t i = i0; i < i1; i++) attn_item_avx2_128(a, i, scratch);
+    if (a->avx2 && (a->kv->head_dim == 64 || a->kv->head_dim == 128)) {
+        static const attn_items_fn fns[2][3] = {
+            {attn_items_avx2_64_f32, attn_items_avx2_64_f16, attn_items_avx2_64_bf16},
+            {attn_items_avx2_128_f32, attn_items_avx2_128_f16, attn_items_avx2_128_bf16}};
+        int t = a->kv->type == DTYPE_F16 ? 1 : a->kv->type == DTYPE_BF16 ? 2 : 0;
+        fns[a->kv->head_dim == 128][t](a, i0, i1, scratch);
         return;
     }
 #endif
@@ -557,7 +656,8 @@ void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scr, float *out, const floa
     int g = n_heads / kv->n_kv_heads, hd = kv->head_dim;
     int q_tile = CPU_ATTN_ROWS / g > 1 ? CPU_ATTN_ROWS / g : 1;
     int rows = q_tile * g;
-    size_t per_thread = (size_t)rows * (2 * hd + 2 + CPU_ATTN_SC_W);
+    CN_ASSERT(kv->type == DTYPE_F32 || kv->type == DTYPE_F16 || kv->type == DTYPE_BF16);
+    size_t per_thread = attn_scratch_rows(rows, hd) + 2 * (size_t)CPU_ATTN_SPAN * hd;
     per_thread = (per_thread + 15) & ~(size_t)15; /* 64-byte apart, no false sharing */
     int n_threads = cpu_pool_n_threads(pool);
 

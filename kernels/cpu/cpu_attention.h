@@ -15,10 +15,13 @@ typedef struct cpu_attn_scratch {
 
 void cpu_attn_scratch_free(cpu_attn_scratch *s);
 
+/* Pools of type F32, F16 or BF16 (16-bit: rounded to nearest even, a NaN stays a NaN); avx2:
+ * F16 through F16C (the same bits). */
 void cpu_kv_write(cpu_pool *pool, const kernel_kv_layer *kv, const float *k, const float *v,
-                  const int32_t *slots, int n);
+                  const int32_t *slots, int n, bool avx2);
 
-/* avx2: the AVX2 kernel where the head dim has one (64, 128), else portable C. */
+/* K and V read in the pool's type (F32, F16, BF16) and widened to F32; avx2: the AVX2 kernel
+ * where the head dim has one (64, 128), else portable C. */
 void cpu_attention(cpu_pool *pool, cpu_attn_scratch *scratch, float *out, const float *q,
                    const kernel_kv_layer *kv, const kernel_attn_seq *seqs, int n_seqs,
                    int n_heads, float scale, int window, bool avx2);

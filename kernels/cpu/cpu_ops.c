@@ -537,7 +537,13 @@ static void cpu_argmax(void *ctx, int32_t *out, const float *x, int n, int d) {
 
 static void cpu_kv_write_op(void *ctx, const kernel_kv_layer *kv, const float *k, const float *v,
                             const int32_t *slots, int n) {
-    cpu_kv_write(((cpu_ctx *)ctx)->pool, kv, k, v, slots, n);
+    cpu_ctx *c = ctx;
+    cpu_kv_write(c->pool, kv, k, v, slots, n, c->simd->level != KERNEL_SIMD_SCALAR);
+}
+
+static bool cpu_supports_kv(void *ctx, dtype type) {
+    (void)ctx;
+    return type == DTYPE_F32 || type == DTYPE_F16 || type == DTYPE_BF16;
 }
 
 static void cpu_attention_op(void *ctx, float *out, const float *q, const kernel_kv_layer *kv,
@@ -598,6 +604,7 @@ kernel_ops *cpu_ops_create_table(int n_threads, const cpu_simd_table *table,
         .argmax = cpu_argmax,
         .kv_write = cpu_kv_write_op,
         .attention = cpu_attention_op,
+        .supports_kv = cpu_supports_kv,
         .destroy = cpu_destroy,
     };
     LOG_DEBUG("%s backend, %d threads, %s activations for quantized weights", c->name, n_threads,
