@@ -166,6 +166,12 @@ static inline attn_tile attn_tile_of(const attn_args *a, int64_t item) {
     return t;
 }
 
+/* The offsets [j_beg, j_end) of the span from p0 that a tile's positions [lo, hi] cover. */
+static inline void attn_span_bounds(int32_t lo, int32_t hi, int32_t p0, int *j_beg, int *j_end) {
+    *j_beg = lo > p0 ? lo - p0 : 0;
+    *j_end = hi - p0 + 1 < CPU_ATTN_SPAN ? hi - p0 + 1 : CPU_ATTN_SPAN;
+}
+
 /* Pointers to the K and V rows of positions [p, p + n) for KV head h, in the pool's type. */
 static inline void attn_span_rows(const kernel_kv_layer *kv, const int32_t *table, int h, int32_t p,
                                   int n, const void **kr, const void **vr) {
@@ -230,8 +236,8 @@ static void attn_item(const attn_args *a, int64_t item, float *scratch) {
     const float *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
     for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
          p0 += CPU_ATTN_SPAN) {
-        int j_beg = tl.lo_pos > p0 ? tl.lo_pos - p0 : 0;
-        int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
+        int j_beg, j_end;
+        attn_span_bounds(tl.lo_pos, tl.hi_pos, p0, &j_beg, &j_end);
         attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kp + j_beg,
                        vp + j_beg);
         for (int j = j_beg; j < j_end; j++) {
@@ -561,8 +567,8 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
     const void *kr[CPU_ATTN_SPAN], *vr[CPU_ATTN_SPAN];
     for (int32_t p0 = tl.lo_pos / CPU_ATTN_SPAN * CPU_ATTN_SPAN; p0 <= tl.hi_pos;
          p0 += CPU_ATTN_SPAN) {
-        int j_beg = tl.lo_pos > p0 ? tl.lo_pos - p0 : 0;
-        int j_end = tl.hi_pos - p0 + 1 < CPU_ATTN_SPAN ? tl.hi_pos - p0 + 1 : CPU_ATTN_SPAN;
+        int j_beg, j_end;
+        attn_span_bounds(tl.lo_pos, tl.hi_pos, p0, &j_beg, &j_end);
         attn_span_rows(a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg, kr + j_beg,
                        vr + j_beg);
         attn_prefetch(a->kv->v, a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg);

@@ -333,6 +333,19 @@ INLINE __m256i q16_pair(const int16_t *x) {
     return _mm256_set1_epi32(v);
 }
 
+/* A Q4_0/Q4_1 chunk of the prepared layout widened to 16 bits: each byte zero-extended, its
+ * low nibbles are columns 2c, 2c + 1 (lo), its high nibbles 16 + 2c, 16 + 2c + 1 (hi); Q4_0's
+ * values centred by -8. */
+INLINE void q16_widen_nibbles(dtype type, __m128i raw, __m256i *lo, __m256i *hi) {
+    const __m256i v = _mm256_cvtepu8_epi16(raw);
+    *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
+    *hi = _mm256_srli_epi16(v, 4);
+    if (type == DTYPE_Q4_0) {
+        *lo = _mm256_sub_epi16(*lo, _mm256_set1_epi16(8));
+        *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(8));
+    }
+}
+
 /* Token t's outputs for the group from row r: lane i is row r + i, past the last row none. */
 INLINE void q16_store(const cpu_gemm_args *a, int64_t r, int t, __m256 acc) {
     const int64_t rows = a->w->rows;
@@ -372,15 +385,8 @@ INLINE void q16_direct_tile(const cpu_gemm_args *a, dtype type, bool packed, con
                     isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(w0, q16_pair(xj)));
                 }
             } else {
-                /* each byte zero-extended to 16 bits: low nibbles are columns 2c, 2c + 1, high
-                 * nibbles 16 + 2c, 16 + 2c + 1 */
-                const __m256i v = _mm256_cvtepu8_epi16(raw);
-                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
-                __m256i hi = _mm256_srli_epi16(v, 4);
-                if (type == DTYPE_Q4_0) {
-                    lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
-                    hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
-                }
+                __m256i lo, hi;
+                q16_widen_nibbles(type, raw, &lo, &hi);
                 for (int j = 0; j < NT; j++) {
                     const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
                     isum[j] = _mm256_add_epi32(
@@ -428,13 +434,8 @@ INLINE void q16_widen(dtype type, const uint8_t *gbk, q16_wide *o) {
             o->v[c] = _mm256_cvtepi8_epi16(raw);
             continue;
         }
-        const __m256i v = _mm256_cvtepu8_epi16(raw);
-        __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
-        __m256i hi = _mm256_srli_epi16(v, 4);
-        if (type == DTYPE_Q4_0) {
-            lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
-            hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
-        }
+        __m256i lo, hi;
+        q16_widen_nibbles(type, raw, &lo, &hi);
         o->v[c] = lo;          /* columns 2c, 2c + 1 */
         o->v[QK / 4 + c] = hi; /* columns 16 + 2c, 16 + 2c + 1 */
     }
