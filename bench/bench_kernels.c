@@ -188,7 +188,11 @@ static void bench_attention(kernel_ops *k, int nt, const char *what, const int *
     for (int i = 0; i < n_seqs; i++) tokens += n_q[i], blocks += (n_ctx[i] + BS - 1) / BS;
     size_t kv_floats = (size_t)blocks * KV_HEADS * BS * HD;
     size_t layer_bytes = kv_floats * dtype_row_bytes(kvt, 1);
-    int n_layers = (int)((COLD_BYTES / 4 + 2 * layer_bytes - 1) / (2 * layer_bytes));
+    /* layers enough to leave the caches cold, or one (CINDER_BENCH_HOT=1): the compute alone */
+    const char *hot = getenv("CINDER_BENCH_HOT");
+    int n_layers = hot && strcmp(hot, "1") == 0
+                       ? 1
+                       : (int)((COLD_BYTES / 4 + 2 * layer_bytes - 1) / (2 * layer_bytes));
     float *kc = malloc(kv_floats * sizeof(float)), *vc = malloc(kv_floats * sizeof(float));
     float *q = malloc((size_t)tokens * HEADS * HD * sizeof(float));
     float *out = malloc((size_t)tokens * HEADS * HD * sizeof(float));
@@ -206,8 +210,9 @@ static void bench_attention(kernel_ops *k, int nt, const char *what, const int *
     }
     kernel_kv_layer *kv = malloc((size_t)n_layers * sizeof *kv);
     for (int l = 0; l < n_layers; l++) {
-        kv[l] = (kernel_kv_layer){
-            malloc(layer_bytes), malloc(layer_bytes), blocks, BS, KV_HEADS, HD, kvt};
+        kv[l] = (kernel_kv_layer){kernel_alloc(k, layer_bytes, NULL),
+                                  kernel_alloc(k, layer_bytes, NULL), blocks, BS, KV_HEADS, HD,
+                                  kvt}; /* as the engine's pools */
         dtype_from_f32(kvt, kc, kv[l].k, (int64_t)kv_floats);
         dtype_from_f32(kvt, vc, kv[l].v, (int64_t)kv_floats);
     }
@@ -226,7 +231,7 @@ static void bench_attention(kernel_ops *k, int nt, const char *what, const int *
         best = t / iters < best ? t / iters : best;
     }
     printf("  %-28s %-4s KV %9.1f us\n", what, dtype_name(kvt), best * 1e6);
-    for (int l = 0; l < n_layers; l++) free(kv[l].k), free(kv[l].v);
+    for (int l = 0; l < n_layers; l++) kernel_free(k, kv[l].k), kernel_free(k, kv[l].v);
     free(kv);
     free(kc);
     free(vc);
