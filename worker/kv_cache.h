@@ -12,6 +12,7 @@
 #ifndef CINDER_KV_CACHE_H
 #define CINDER_KV_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,11 @@ size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int bloc
 /* The same for pools of another type (F32, F16 or BF16). */
 size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
                                  dtype type);
+
+/* A KV type's command-line name ("f32", "f16", "bf16") as a dtype; false for another name
+ * (*out unchanged). KV_CACHE_TYPE_NAMES lists them for messages and --help. */
+#define KV_CACHE_TYPE_NAMES "f32, f16 or bf16"
+bool kv_cache_type_parse(const char *name, dtype *out);
 
 /* Allocates n_blocks F32 blocks per layer in host memory. Returns NULL and fills err when the
  * sizes are not positive or memory runs out. */
