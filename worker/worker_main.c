@@ -305,8 +305,8 @@ static cinder_status worker_join(worker *w, cinder_error *err) {
     if (s) {
         /* The coordinator hears why (its log names this rank), then this rank leaves. */
         Cinder__Envelope *e =
-            proto_error_reply(NULL, proto_error_code(s), "cannot take the shard plan: %s (%s)",
-                              err->msg, w->device);
+            proto_error_reply(NULL, proto_error_code(s), "cannot take the shard plan on %s: %s",
+                              w->device, err->msg);
         if (e) {
             worker_send(w, e);
             proto_envelope_free(e);
