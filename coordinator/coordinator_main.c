@@ -88,7 +88,8 @@ static cinder_status coord_open(coord *co, cinder_error *err) {
         LOG_INFO("KV pools: %lld blocks of %lld tokens per worker group, %s, %zu bytes each "
                  "(%.1f MiB)",
                  (long long)co->a.kv_blocks, (long long)co->a.block_size, dtype_name(co->kv_type),
-                 co->kv_block_bytes, (double)co->kv_block_bytes * (double)co->a.kv_blocks / 1048576.0);
+                 co->kv_block_bytes,
+                 (double)co->kv_block_bytes * (double)co->a.kv_blocks / 1048576.0);
     } else {
         uint64_t pool = (uint64_t)co->a.kv_mib << 20, blocks = pool / co->kv_block_bytes;
         if (blocks == 0)
@@ -237,8 +238,9 @@ int main(int argc, char **argv) {
     }
     if (!kv_cache_type_parse(a->kv_type, &co.kv_type) ||
         !proto_kv_type_from_dtype(co.kv_type, &co.kv_wire)) {
-        fprintf(stderr, "cinder-coordinator: --kv-type is " KV_CACHE_TYPE_NAMES ", not '%s'\n"
-                        "usage: %s\n",
+        fprintf(stderr,
+                "cinder-coordinator: --kv-type is " KV_CACHE_TYPE_NAMES ", not '%s'\n"
+                "usage: %s\n",
                 a->kv_type, usage);
         return 2;
     }

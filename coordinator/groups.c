@@ -3,7 +3,9 @@
  * A rank says Hello, then Register (rank, group, world size). When every rank of a group has
  * registered, each gets its ShardPlan; when every rank is Ready, the group's KV block manager
  * is created with the smallest pool any rank reported, and the scheduler starts sending it
- * steps. Heartbeats go both ways; a group whose ranks fall silent is LOST: its sequences go
+ * steps. A rank that cannot take its plan (its backend has no pool of the plan's KV type, it
+ * cannot load the model) answers Error instead of Ready: the reason is logged and its group is
+ * LOST until it registers again. Heartbeats go both ways; a group whose ranks fall silent is LOST: its sequences go
  * back to the queue to be recomputed elsewhere (or when it returns), nothing accepted is lost.
  * A rank that registers again for a lost group starts the group over. */
 #include <stdio.h>
@@ -243,7 +245,8 @@ void groups_on_message(coord *co, wire_msg *m) {
             on_register(co, m, env->register_rank);
             return;
         case CINDER__ENVELOPE__BODY_ERROR:
-            if (g && g->state == CINDER__GROUP_STATE__GROUP_STATE_JOINING && !g->ranks[rank].ready) {
+            if (g && g->state == CINDER__GROUP_STATE__GROUP_STATE_JOINING &&
+                !g->ranks[rank].ready) {
                 /* A joining rank that cannot take its plan (no such KV type on its backend, a
                  * model it cannot load) says why and leaves: so does its group. */
                 LOG_ERROR("group %d rank %d cannot join: %s", g->id, rank, env->error->message);

@@ -1,8 +1,8 @@
 /* kv_cache.h - the paged KV cache of one worker: per layer, a pool of fixed-size blocks.
  *
  * Block b of layer l holds block_size consecutive positions of one sequence for every KV head:
- *   K: [n_blocks, n_kv_heads, block_size, head_dim] F32 (V the same; BF16 where the backend
- *      takes it, see kv_cache_create_on)
+ *   K: [n_blocks, n_kv_heads, block_size, head_dim] F32 (V the same; F16 or BF16 where the
+ *      backend takes it, see kv_cache_create_on)
  * so the keys one head reads in a block are contiguous. A sequence's block table maps its
  * position p to block table[p / block_size], slot p % block_size; blocks of one sequence may
  * lie anywhere in the pool. There is no contiguous per-sequence buffer anywhere.
@@ -22,7 +22,7 @@
 typedef struct kv_cache {
     int n_layers, n_kv_heads, head_dim, block_size;
     int32_t n_blocks;
-    dtype type;              /* of the pools: F32, or BF16 on backends that take it */
+    dtype type;              /* of the pools: F32, or F16 / BF16 on backends that take them */
     kernel_ops *backend;     /* whose memory the pools are in (NULL: host, calloc) */
     kernel_kv_layer *layers; /* [n_layers] views into the pools, for the attention op */
     float *k, *v; /* [n_layers, n_blocks, n_kv_heads, block_size, head_dim] of type (backend

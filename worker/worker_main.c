@@ -11,8 +11,10 @@
  *
  * Each rank connects to the coordinator's control endpoint and says Hello, then Register
  * (rank, group, world size, host, device, free memory). The coordinator answers with a
- * ShardPlan (model path, what this rank holds, the KV pool); the rank loads its shard, sizes
- * its KV pool and answers Ready with the blocks it got. On CUDA the pool is --kv-fraction of
+ * ShardPlan (model path, what this rank holds, the KV pool and its element type); the rank
+ * loads its shard, sizes its KV pool in that type's bytes and answers Ready with the blocks it
+ * got. A plan it cannot follow (a KV type its backend lacks, a model it cannot load) is
+ * answered with an Error saying why, and the rank leaves. On CUDA the pool is --kv-fraction of
  * the device memory left free by the weights and scratch unless the plan names a block count
  * (the coordinator's --kv-blocks); --kv-fraction 0 takes the plan's bytes (--kv-mib) instead.
  * From then on it executes Steps: the coordinator's plan says which tokens of which sequences,
@@ -304,9 +306,8 @@ static cinder_status worker_join(worker *w, cinder_error *err) {
     proto_envelope_free(plan);
     if (s) {
         /* The coordinator hears why (its log names this rank), then this rank leaves. */
-        Cinder__Envelope *e =
-            proto_error_reply(NULL, proto_error_code(s), "cannot take the shard plan on %s: %s",
-                              w->device, err->msg);
+        Cinder__Envelope *e = proto_error_reply(
+            NULL, proto_error_code(s), "cannot take the shard plan on %s: %s", w->device, err->msg);
         if (e) {
             worker_send(w, e);
             proto_envelope_free(e);
