@@ -16,7 +16,7 @@ if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
   # The coordinator's handling of bad input, cancel, timeout and disconnects again under ASan +
   # UBSan (scripts/test.sh points CINDER_WORKER_BIN at the optimized build's worker).
   set_tests_properties(test_serving_bad_input test_serving_lifecycle test_serving_preemption
-                       PROPERTIES LABELS "cluster;sanitize")
+                       test_serving_kv_type_errors PROPERTIES LABELS "cluster;sanitize")
 endif()
 
 # cinder-worker's refusals, checked without a coordinator: an unknown --device; --device cuda
