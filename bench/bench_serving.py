@@ -7,7 +7,7 @@ tests/cluster/cluster.py), once with continuous batching and once with static ba
     bench/bench_serving.py --model PATH [--requests 64] [--rate 32] [--concurrency 32]
                            [--threads 2] [--seed 1] [--mode both|continuous|static]
                            [--device cpu|cuda] [--no-mpirun] [--worker-arg ARG]... [--tsv FILE]
-                           [--temperature T]
+                           [--temperature T] [--kv-mib MIB] [--kv-type f32|f16|bf16]
 
 Prints per mode: makespan, output tokens/s, requests/s, time to first token and time per
 output token (p50, p99, measured at the client from each request's arrival), then the ratio
@@ -149,6 +149,9 @@ def main():
     ap.add_argument("--output-max", type=int, default=256, help="longest output (log-uniform from 16)")
     ap.add_argument("--kv-mib", type=int, default=1024,
                     help="the coordinator's --kv-mib (a CUDA worker sizes its pool by --kv-fraction)")
+    ap.add_argument("--kv-type", choices=["f32", "f16", "bf16"], default="f32",
+                    help="the coordinator's --kv-type: the workers' KV cache element type (16-bit "
+                         "types hold twice the blocks in --kv-mib; CUDA workers take f32, bf16)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the worker's --device")
     ap.add_argument("--no-mpirun", action="store_true",
                     help="start the worker without mpirun (automatic when mpirun is not installed)")
@@ -169,7 +172,8 @@ def main():
     n_out = sum(r["max_tokens"] for r in reqs)
     print(f"bench_serving: {a.requests} requests, Poisson {a.rate}/s, at most {a.concurrency} in "
           f"flight; {n_prompt} prompt and {n_out} output tokens in all; worker: 1 rank, "
-          f"{a.device}, {a.threads} threads, {'without' if not use_mpirun(1, mpirun) else 'under'} "
+          f"{a.device}, {a.threads} threads, {a.kv_type.upper()} KV, "
+          f"{'without' if not use_mpirun(1, mpirun) else 'under'} "
           f"mpirun; load {os.getloadavg()[0]:.1f}")
     print(f"{'mode':<11} {'reqs':>4} {'span s':>8} {'out tok/s':>10} {'req/s':>7} "
           f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>8} {'TPOT p99':>8}   (ms)")
@@ -177,7 +181,7 @@ def main():
     modes = ["continuous", "static"] if a.mode == "both" else [a.mode]
     for mode in modes:
         args = ["--max-batch-tokens", str(a.max_batch_tokens), "--max-seqs", str(a.concurrency),
-                "--kv-mib", str(a.kv_mib)]
+                "--kv-mib", str(a.kv_mib), "--kv-type", a.kv_type]
         if mode == "static":
             args.append("--no-continuous-batching")
         wargs = ["--threads", str(a.threads), "--device", a.device, *a.worker_arg]
@@ -204,6 +208,8 @@ def write_tsv(path, rows, a):
     tput = c["tok_s"] / s["tok_s"] if c and s else -1
     ttft = c["ttft99"] / s["ttft99"] if c and s else -1
     what = f"{a.requests} reqs, {a.concurrency} in flight, out 16-{a.output_max}"
+    if a.kv_type != "f32":
+        what += f", {a.kv_type.upper()} KV"
     lines = []
     for name, r in (("continuous", c), ("static", s)):
         if not r:

@@ -34,20 +34,6 @@ static void gen_emit(stop_text *st, const char *piece, size_t len, bool *stopped
     fflush(stdout);
 }
 
-/* --kv-type's name as a dtype; false for another name. */
-static bool gen_kv_type(const char *name, dtype *out) {
-    static const struct {
-        const char *name;
-        dtype type;
-    } types[] = {{"f32", DTYPE_F32}, {"f16", DTYPE_F16}, {"bf16", DTYPE_BF16}};
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-        if (strcmp(name, types[i].name) == 0) {
-            *out = types[i].type;
-            return true;
-        }
-    return false;
-}
-
 /* The prompt's token ids (chat template applied when asked). */
 static int32_t *gen_encode(const gen_args *a, const tokenizer *tok, size_t *n, cinder_error *err) {
     char *templated = NULL;
@@ -133,7 +119,7 @@ static int gen_run(const gen_args *a) {
         rc = 2;
         goto out;
     }
-    gen_kv_type(a->kv_type, &o.kv_type); /* checked by cmd_generate */
+    kv_cache_type_parse(a->kv_type, &o.kv_type); /* checked by cmd_generate */
     o.device = (int)a->gpu;
     o.n_threads = (int)a->threads;
     o.block_size = (int)a->block_size;
@@ -342,9 +328,9 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     dtype kv_type;
-    if (!gen_kv_type(a.kv_type, &kv_type)) {
-        fprintf(stderr, "cinder: --kv-type is f32, f16 or bf16, not '%s'\nusage: %s\n", a.kv_type,
-                usage);
+    if (!kv_cache_type_parse(a.kv_type, &kv_type)) {
+        fprintf(stderr, "cinder: --kv-type is " KV_CACHE_TYPE_NAMES ", not '%s'\nusage: %s\n",
+                a.kv_type, usage);
         return 2;
     }
     if (a.timeout_ms) {

@@ -9,6 +9,7 @@
 #include "cinder_client.h"
 #include "cli.h"
 #include "commands.h"
+#include "protocol.h"
 
 #define N_OPTS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -235,8 +236,14 @@ static void print_kv(const Cinder__KvUsage *kv) {
         printf("(not reported)\n");
         return;
     }
-    printf("%llu blocks of %d tokens: %llu used, %llu free (%llu of them cached prefixes)\n",
-           (unsigned long long)kv->blocks_total, kv->block_size,
+    dtype type; /* a value this client does not know cannot arrive: proto_decode refuses it */
+    const char *type_name = proto_kv_type_to_dtype(kv->kv_type, &type) ? dtype_name(type) : "?";
+    printf("%llu blocks of %d tokens, %s", (unsigned long long)kv->blocks_total, kv->block_size,
+           type_name);
+    if (kv->block_bytes) /* 0: a coordinator before protocol 1.3 */
+        printf(" (%.1f KiB a block, %.1f MiB in all)", kv->block_bytes / 1024.0,
+               (double)kv->block_bytes * (double)kv->blocks_total / 1048576.0);
+    printf(": %llu used, %llu free (%llu of them cached prefixes)\n",
            (unsigned long long)kv->blocks_used, (unsigned long long)kv->blocks_free,
            (unsigned long long)kv->blocks_cached);
 }

@@ -26,7 +26,7 @@
 #include "wire.h"
 
 typedef struct coord_args {
-    const char *model, *listen, *control, *name;
+    const char *model, *listen, *control, *name, *kv_type;
     int64_t kv_blocks, block_size, max_batch_tokens, max_seqs, max_queue, kv_mib;
     int64_t heartbeat_timeout_ms, max_conns;
     bool no_continuous_batching;
@@ -125,6 +125,11 @@ typedef struct coord {
     char model_name[PROTO_MAX_NAME_BYTES + 1];
     char model_path[4096];
     int vocab, ctx;
+    /* The workers' KV pools: element type (--kv-type), the same on the wire, and the bytes one
+     * block of block_size tokens takes over every layer, K and V (a whole group's, all ranks). */
+    dtype kv_type;
+    Cinder__KvType kv_wire;
+    size_t kv_block_bytes;
     int32_t eos_ids[8];
     int n_eos_ids;
 

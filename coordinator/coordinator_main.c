@@ -79,6 +79,30 @@ static cinder_status coord_open(coord *co, cinder_error *err) {
     const char *base = strrchr(co->model_path, '/');
     snprintf(co->model_name, sizeof co->model_name, "%.256s",
              co->a.name ? co->a.name : base ? base + 1 : co->model_path);
+    /* The KV pools: each block's bytes in the chosen type, and what --kv-mib holds of them (a
+     * CPU worker sizes its pool so; a CUDA worker by --kv-fraction unless --kv-blocks). */
+    const model_config *c = &co->m->config;
+    co->kv_block_bytes = kv_cache_block_bytes_type(c->n_layers, c->n_kv_heads, c->head_dim,
+                                                   (int)co->a.block_size, co->kv_type);
+    if (co->a.kv_blocks > 0) {
+        LOG_INFO("KV pools: %lld blocks of %lld tokens per worker group, %s, %zu bytes each "
+                 "(%.1f MiB)",
+                 (long long)co->a.kv_blocks, (long long)co->a.block_size, dtype_name(co->kv_type),
+                 co->kv_block_bytes,
+                 (double)co->kv_block_bytes * (double)co->a.kv_blocks / 1048576.0);
+    } else {
+        uint64_t pool = (uint64_t)co->a.kv_mib << 20, blocks = pool / co->kv_block_bytes;
+        if (blocks == 0)
+            return cinder_error_set(err, CINDER_ERR_ARG,
+                                    "--kv-mib %lld holds no KV block: one block of %lld tokens of "
+                                    "this model takes %zu bytes in %s (raise --kv-mib, or set "
+                                    "--kv-blocks)",
+                                    (long long)co->a.kv_mib, (long long)co->a.block_size,
+                                    co->kv_block_bytes, dtype_name(co->kv_type));
+        LOG_INFO("KV pools: %lld MiB per worker, %s: %llu blocks of %lld tokens, %zu bytes each",
+                 (long long)co->a.kv_mib, dtype_name(co->kv_type), (unsigned long long)blocks,
+                 (long long)co->a.block_size, co->kv_block_bytes);
+    }
     co->client_limits = (proto_limits){.vocab_size = co->vocab};
     co->worker_limits = (proto_limits){.vocab_size = co->vocab};
 
@@ -175,6 +199,10 @@ int main(int argc, char **argv) {
          "KV pool per worker in blocks (0: from --kv-mib)", false},
         {"kv-mib", CLI_INT, &a->kv_mib, "256", 1, 1 << 24, "MIB",
          "KV pool per worker in MiB when --kv-blocks is 0", false},
+        {"kv-type", CLI_STR, &a->kv_type, "f32", 0, 0, "f32|f16|bf16",
+         "the workers' KV cache element type: f16 and bf16 take half the bytes per block, so "
+         "--kv-mib holds twice the blocks (CPU workers: all three; CUDA: f32, bf16)",
+         false},
         {"block-size", CLI_INT, &a->block_size, "16", 1, PROTO_MAX_BLOCK_SIZE, "N",
          "tokens per KV block", false},
         {"max-batch-tokens", CLI_INT, &a->max_batch_tokens, "512", 1, PROTO_MAX_STEP_TOKENS, "N",
@@ -191,7 +219,8 @@ int main(int argc, char **argv) {
          "static batches: admit requests only when the group runs none (for comparison)", false},
     };
     const char *usage = "cinder-coordinator --model PATH [--listen ENDPOINT] [--control ENDPOINT] "
-                        "[--kv-blocks N] [--block-size N] [--max-batch-tokens N] "
+                        "[--kv-blocks N | --kv-mib MIB] [--kv-type f32|f16|bf16] [--block-size N] "
+                        "[--max-batch-tokens N] "
                         "[--no-continuous-batching]";
     cinder_error err = {0};
     int n_pos;
@@ -206,6 +235,14 @@ int main(int argc, char **argv) {
             fprintf(stderr, "cinder-coordinator: %s\nusage: %s\n", err.msg, usage);
             return 2;
         case CLI_RESULT_OK: break;
+    }
+    if (!kv_cache_type_parse(a->kv_type, &co.kv_type) ||
+        !proto_kv_type_from_dtype(co.kv_type, &co.kv_wire)) {
+        fprintf(stderr,
+                "cinder-coordinator: --kv-type is " KV_CACHE_TYPE_NAMES ", not '%s'\n"
+                "usage: %s\n",
+                a->kv_type, usage);
+        return 2;
     }
     log_init_from_env();
     struct sigaction sa = {0};

@@ -492,6 +492,8 @@ void front_fill_status(coord *co, Cinder__Envelope *env) {
     }
     cinder__status_reply__init(st);
     cinder__kv_usage__init(kv);
+    kv->kv_type = co->kv_wire;
+    kv->block_bytes = co->kv_block_bytes;
     st->model = co->model_name;
     st->uptime_ms = (now - co->t_start) / 1000u;
     st->kv = kv;
@@ -512,6 +514,8 @@ void front_fill_status(coord *co, Cinder__Envelope *env) {
         }
         cinder__group_status__init(gs);
         cinder__kv_usage__init(gkv);
+        gkv->kv_type = co->kv_wire; /* a rank with another type is not let in (groups.c) */
+        gkv->block_bytes = co->kv_block_bytes;
         gs->group = g->id;
         gs->state = g->state;
         gs->world_size = g->world_size;

@@ -3,7 +3,9 @@
  * A rank says Hello, then Register (rank, group, world size). When every rank of a group has
  * registered, each gets its ShardPlan; when every rank is Ready, the group's KV block manager
  * is created with the smallest pool any rank reported, and the scheduler starts sending it
- * steps. Heartbeats go both ways; a group whose ranks fall silent is LOST: its sequences go
+ * steps. A rank that cannot take its plan (its backend has no pool of the plan's KV type, it
+ * cannot load the model) answers Error instead of Ready: the reason is logged and its group is
+ * LOST until it registers again. Heartbeats go both ways; a group whose ranks fall silent is LOST: its sequences go
  * back to the queue to be recomputed elsewhere (or when it returns), nothing accepted is lost.
  * A rank that registers again for a lost group starts the group over. */
 #include <stdio.h>
@@ -87,6 +89,7 @@ static void send_plan(coord *co, group *g) {
         p.kv_mem_bytes = (uint64_t)co->a.kv_mib << 20;
         p.max_batch_tokens = (int32_t)co->a.max_batch_tokens;
         p.max_seqs = (int32_t)co->a.max_seqs;
+        p.kv_type = co->kv_wire;
         Cinder__Envelope env = CINDER__ENVELOPE__INIT;
         env.body_case = CINDER__ENVELOPE__BODY_SHARD_PLAN;
         env.shard_plan = &p;
@@ -158,13 +161,24 @@ static void on_register(coord *co, const wire_msg *m, const Cinder__Register *re
     send_plan(co, g);
 }
 
+static const char *kv_wire_name(Cinder__KvType t) {
+    dtype d;
+    return proto_kv_type_to_dtype(t, &d) ? dtype_name(d) : "unknown";
+}
+
 static void on_ready(coord *co, group *g, int rank, const Cinder__Ready *rd) {
     group_rank *rk = &g->ranks[rank];
-    if (rd->vocab_size != co->vocab || rd->block_size != co->a.block_size || rd->kv_blocks < 1) {
-        LOG_ERROR("group %d rank %d is ready with vocabulary %d, blocks of %d, %d blocks; "
-                  "expected vocabulary %d and blocks of %lld",
-                  g->id, rank, rd->vocab_size, rd->block_size, rd->kv_blocks, co->vocab,
-                  (long long)co->a.block_size);
+    if (rd->vocab_size != co->vocab || rd->block_size != co->a.block_size || rd->kv_blocks < 1 ||
+        rd->kv_type != co->kv_wire) {
+        /* A KV type other than the plan's: a worker from before protocol 1.3 (it skips
+         * ShardPlan.kv_type and makes an F32 pool). */
+        LOG_ERROR("group %d rank %d is ready with vocabulary %d, %d %s blocks of %d tokens; "
+                  "expected vocabulary %d and %s blocks of %lld tokens%s",
+                  g->id, rank, rd->vocab_size, rd->kv_blocks, kv_wire_name(rd->kv_type),
+                  rd->block_size, co->vocab, dtype_name(co->kv_type), (long long)co->a.block_size,
+                  rd->kv_type != co->kv_wire ? " (a worker older than protocol 1.3 makes F32 "
+                                               "pools only)"
+                                             : "");
         Cinder__Shutdown sd = CINDER__SHUTDOWN__INIT;
         sd.reason = "the rank's model or KV pool does not match the coordinator's";
         Cinder__Envelope env = CINDER__ENVELOPE__INIT;
@@ -199,9 +213,10 @@ static void on_ready(coord *co, group *g, int rank, const Cinder__Ready *rd) {
     g->max_batch_tokens = mbt;
     g->max_seqs = ms;
     g->state = CINDER__GROUP_STATE__GROUP_STATE_READY;
-    LOG_INFO("group %d ready: %d ranks, %d KV blocks of %d tokens, steps of up to %d tokens / "
-             "%d sequences",
-             g->id, g->world_size, blocks, g->block_size, mbt, ms);
+    LOG_INFO("group %d ready: %d ranks, %d KV blocks of %d tokens (%s, %zu bytes each, %.1f MiB), "
+             "steps of up to %d tokens / %d sequences",
+             g->id, g->world_size, blocks, g->block_size, dtype_name(co->kv_type),
+             co->kv_block_bytes, (double)co->kv_block_bytes * blocks / 1048576.0, mbt, ms);
 }
 
 void groups_on_message(coord *co, wire_msg *m) {
@@ -230,7 +245,17 @@ void groups_on_message(coord *co, wire_msg *m) {
             on_register(co, m, env->register_rank);
             return;
         case CINDER__ENVELOPE__BODY_ERROR:
-            LOG_WARN("a worker reports: %s", env->error->message);
+            if (g && g->state == CINDER__GROUP_STATE__GROUP_STATE_JOINING &&
+                !g->ranks[rank].ready) {
+                /* A joining rank that cannot take its plan (no such KV type on its backend, a
+                 * model it cannot load) says why and leaves: so does its group. */
+                LOG_ERROR("group %d rank %d cannot join: %s", g->id, rank, env->error->message);
+                group_reset(co, g, CINDER__GROUP_STATE__GROUP_STATE_LOST);
+            } else if (g) {
+                LOG_WARN("group %d rank %d reports: %s", g->id, rank, env->error->message);
+            } else {
+                LOG_WARN("a worker reports: %s", env->error->message);
+            }
             return;
         default:
             break;

@@ -15,7 +15,8 @@
 #   --no-mpirun     start each one-rank group as a plain process (automatic without mpirun)
 #   --worker-arg A  one more cinder-worker argument (repeat it for several)
 #   --detach        start, print the endpoint, and return (stop later with: kill PID, as printed)
-# Anything after -- goes to cinder-coordinator (e.g. --kv-blocks 256 --max-batch-tokens 1024).
+# Anything after -- goes to cinder-coordinator (e.g. --kv-blocks 256 --max-batch-tokens 1024, or
+# --kv-type f16 --kv-mib 512 for 16-bit KV caches on the workers).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -23,7 +24,7 @@ model="" ranks=1 groups=1 threads="" build="${BUILD_DIR:-$here/build}" detach=0 
 worker_extra=()
 listen="tcp://127.0.0.1:5555" control="tcp://127.0.0.1:5556"
 coord_args=()
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) model=$2; shift 2 ;;

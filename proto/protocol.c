@@ -897,6 +897,33 @@ void proto_hello_init(Cinder__Hello *hello, Cinder__Role role) {
     hello->software = (char *)"cinder " CINDER_VERSION_STRING;
 }
 
+static const struct {
+    Cinder__KvType wire;
+    dtype type;
+} proto_kv_types[] = {
+    {CINDER__KV_TYPE__KV_TYPE_F32, DTYPE_F32},
+    {CINDER__KV_TYPE__KV_TYPE_F16, DTYPE_F16},
+    {CINDER__KV_TYPE__KV_TYPE_BF16, DTYPE_BF16},
+};
+
+bool proto_kv_type_to_dtype(Cinder__KvType t, dtype *out) {
+    for (size_t i = 0; i < sizeof proto_kv_types / sizeof proto_kv_types[0]; i++)
+        if (proto_kv_types[i].wire == t) {
+            *out = proto_kv_types[i].type;
+            return true;
+        }
+    return false;
+}
+
+bool proto_kv_type_from_dtype(dtype t, Cinder__KvType *out) {
+    for (size_t i = 0; i < sizeof proto_kv_types / sizeof proto_kv_types[0]; i++)
+        if (proto_kv_types[i].type == t) {
+            *out = proto_kv_types[i].wire;
+            return true;
+        }
+    return false;
+}
+
 void proto_sampling_default(Cinder__SamplingParams *s) {
     cinder__sampling_params__init(s);
     s->temperature = 0;

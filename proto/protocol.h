@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "cinder.pb-c.h"
+#include "dtype.h"
 #include "sampling_bounds.h"
 #include "status.h"
 
@@ -36,8 +37,9 @@
  * for an added field, message or enum value; the major for anything that changes the meaning
  * of bytes an older peer would accept. */
 #define PROTO_VERSION_MAJOR 1
-/* 1.1: StatusReply.preemptions, GenerateRequest.ignore_eos; 1.2: ERROR_CODE_HELLO_REQUIRED */
-#define PROTO_VERSION_MINOR 2
+/* 1.1: StatusReply.preemptions, GenerateRequest.ignore_eos; 1.2: ERROR_CODE_HELLO_REQUIRED;
+ * 1.3: KvType in ShardPlan.kv_type, Ready.kv_type, KvUsage.kv_type (+ KvUsage.block_bytes) */
+#define PROTO_VERSION_MINOR 3
 
 /* Sizes. Frames over the limit are refused before they are unpacked (unpacking allocates up to
  * ~50x a frame of empty repeated messages, so keep the limit modest where clients connect; set
@@ -117,5 +119,11 @@ const char *proto_body_name(Cinder__Envelope__BodyCase body);
 void proto_hello_init(Cinder__Hello *hello, Cinder__Role role);
 /* Sampling defaults: greedy, filters off (top_p 1, repetition_penalty 1), no seed. */
 void proto_sampling_default(Cinder__SamplingParams *s);
+
+/* KV pool element types on the wire and in the engine. proto_kv_type_to_dtype returns false
+ * for a value this side has no type for; proto_kv_type_from_dtype returns false for a dtype
+ * that is no KV type (a quantized one). */
+bool proto_kv_type_to_dtype(Cinder__KvType t, dtype *out);
+bool proto_kv_type_from_dtype(dtype t, Cinder__KvType *out);
 
 #endif

@@ -173,6 +173,8 @@ static void fill_kv(Cinder__KvUsage *kv) {
     kv->blocks_free = 700;
     kv->blocks_cached = 50;
     kv->block_size = 16;
+    kv->kv_type = CINDER__KV_TYPE__KV_TYPE_F16;
+    kv->block_bytes = 368640;
 }
 
 static void build_status_reply(Cinder__Envelope *env) {
@@ -298,6 +300,7 @@ static void build_shard_plan(Cinder__Envelope *env) {
     m.kv_mem_bytes = 1u << 30;
     m.max_batch_tokens = 2048;
     m.max_seqs = 256;
+    m.kv_type = CINDER__KV_TYPE__KV_TYPE_BF16;
     env->body_case = CINDER__ENVELOPE__BODY_SHARD_PLAN;
     env->shard_plan = &m;
 }
@@ -312,6 +315,7 @@ static void build_ready(Cinder__Envelope *env) {
     m.max_batch_tokens = 2048;
     m.max_seqs = 256;
     m.vocab_size = 49152;
+    m.kv_type = CINDER__KV_TYPE__KV_TYPE_BF16;
     env->body_case = CINDER__ENVELOPE__BODY_READY;
     env->ready = &m;
 }
@@ -982,6 +986,14 @@ static void test_refusals_other(void) {
     env.shard_plan->kv_blocks = 0;
     env.shard_plan->kv_mem_bytes = 0;
     expect_refused(&env, NULL, ARG, "kv_blocks", "no KV pool size");
+    /* A KV type this side does not know (a newer coordinator's): refused by name, so the
+     * worker's refusal tells the coordinator what it could not follow. */
+    build_shard_plan(&env);
+    env.shard_plan->kv_type = (Cinder__KvType)9;
+    expect_refused(&env, NULL, FMT, "shard_plan.kv_type", "unknown KV type");
+    build_ready(&env);
+    env.ready->kv_type = (Cinder__KvType)-1;
+    expect_refused(&env, NULL, FMT, "ready.kv_type", "negative KV type");
     build_ready(&env);
     env.ready->kv_blocks = 0;
     expect_refused(&env, NULL, ARG, "ready.kv_blocks", "ready without blocks");
@@ -1280,7 +1292,28 @@ static void test_fuzz(void) {
     CHECK(fuzz_accepted > 0 && fuzz_refused > 0);
 }
 
+/* The wire's KV types and the engine's dtypes map one to one; nothing else maps. */
+static void test_kv_types(void) {
+    const Cinder__KvType wire[] = {CINDER__KV_TYPE__KV_TYPE_F32, CINDER__KV_TYPE__KV_TYPE_F16,
+                                   CINDER__KV_TYPE__KV_TYPE_BF16};
+    const dtype types[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16};
+    for (int i = 0; i < 3; i++) {
+        dtype d = DTYPE_COUNT;
+        Cinder__KvType w = (Cinder__KvType)-1;
+        CHECK(proto_kv_type_to_dtype(wire[i], &d) && d == types[i]);
+        CHECK(proto_kv_type_from_dtype(types[i], &w) && w == wire[i]);
+    }
+    dtype d = DTYPE_COUNT;
+    Cinder__KvType w = CINDER__KV_TYPE__KV_TYPE_F16;
+    CHECK(!proto_kv_type_to_dtype((Cinder__KvType)9, &d) && d == DTYPE_COUNT);
+    CHECK(!proto_kv_type_from_dtype(DTYPE_Q8_0, &w) && w == CINDER__KV_TYPE__KV_TYPE_F16);
+    /* Absent (a peer before 1.3) reads as F32. */
+    Cinder__ShardPlan p = CINDER__SHARD_PLAN__INIT;
+    CHECK(p.kv_type == CINDER__KV_TYPE__KV_TYPE_F32);
+}
+
 int main(void) {
+    test_kv_types();
     test_round_trips();
     test_round_trip_values();
     test_refusals_request();

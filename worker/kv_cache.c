@@ -16,6 +16,19 @@ size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int bloc
     return kv_cache_block_bytes_type(n_layers, n_kv_heads, head_dim, block_size, DTYPE_F32);
 }
 
+bool kv_cache_type_parse(const char *name, dtype *out) {
+    static const struct {
+        const char *name;
+        dtype type;
+    } types[] = {{"f32", DTYPE_F32}, {"f16", DTYPE_F16}, {"bf16", DTYPE_BF16}};
+    for (size_t i = 0; name && i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(name, types[i].name) == 0) {
+            *out = types[i].type;
+            return true;
+        }
+    return false;
+}
+
 kv_cache *kv_cache_create(int n_layers, int n_kv_heads, int head_dim, int block_size,
                           int32_t n_blocks, cinder_error *err) {
     return kv_cache_create_on(NULL, n_layers, n_kv_heads, head_dim, block_size, n_blocks,

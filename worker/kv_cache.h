@@ -1,8 +1,8 @@
 /* kv_cache.h - the paged KV cache of one worker: per layer, a pool of fixed-size blocks.
  *
  * Block b of layer l holds block_size consecutive positions of one sequence for every KV head:
- *   K: [n_blocks, n_kv_heads, block_size, head_dim] F32 (V the same; BF16 where the backend
- *      takes it, see kv_cache_create_on)
+ *   K: [n_blocks, n_kv_heads, block_size, head_dim] F32 (V the same; F16 or BF16 where the
+ *      backend takes it, see kv_cache_create_on)
  * so the keys one head reads in a block are contiguous. A sequence's block table maps its
  * position p to block table[p / block_size], slot p % block_size; blocks of one sequence may
  * lie anywhere in the pool. There is no contiguous per-sequence buffer anywhere.
@@ -12,6 +12,7 @@
 #ifndef CINDER_KV_CACHE_H
 #define CINDER_KV_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,7 +22,7 @@
 typedef struct kv_cache {
     int n_layers, n_kv_heads, head_dim, block_size;
     int32_t n_blocks;
-    dtype type;              /* of the pools: F32, or BF16 on backends that take it */
+    dtype type;              /* of the pools: F32, or F16 / BF16 on backends that take them */
     kernel_ops *backend;     /* whose memory the pools are in (NULL: host, calloc) */
     kernel_kv_layer *layers; /* [n_layers] views into the pools, for the attention op */
     float *k, *v; /* [n_layers, n_blocks, n_kv_heads, block_size, head_dim] of type (backend
@@ -36,6 +37,11 @@ size_t kv_cache_block_bytes(int n_layers, int n_kv_heads, int head_dim, int bloc
 /* The same for pools of another type (F32, F16 or BF16). */
 size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
                                  dtype type);
+
+/* A KV type's command-line name ("f32", "f16", "bf16") as a dtype; false for another name
+ * (*out unchanged). KV_CACHE_TYPE_NAMES lists them for messages and --help. */
+#define KV_CACHE_TYPE_NAMES "f32, f16 or bf16"
+bool kv_cache_type_parse(const char *name, dtype *out);
 
 /* Allocates n_blocks F32 blocks per layer in host memory. Returns NULL and fills err when the
  * sizes are not positive or memory runs out. */

@@ -11,8 +11,10 @@
  *
  * Each rank connects to the coordinator's control endpoint and says Hello, then Register
  * (rank, group, world size, host, device, free memory). The coordinator answers with a
- * ShardPlan (model path, what this rank holds, the KV pool); the rank loads its shard, sizes
- * its KV pool and answers Ready with the blocks it got. On CUDA the pool is --kv-fraction of
+ * ShardPlan (model path, what this rank holds, the KV pool and its element type); the rank
+ * loads its shard, sizes its KV pool in that type's bytes and answers Ready with the blocks it
+ * got. A plan it cannot follow (a KV type its backend lacks, a model it cannot load) is
+ * answered with an Error saying why, and the rank leaves. On CUDA the pool is --kv-fraction of
  * the device memory left free by the weights and scratch unless the plan names a block count
  * (the coordinator's --kv-blocks); --kv-fraction 0 takes the plan's bytes (--kv-mib) instead.
  * From then on it executes Steps: the coordinator's plan says which tokens of which sequences,
@@ -228,10 +230,19 @@ static cinder_status worker_load(worker *w, const Cinder__ShardPlan *plan, cinde
                                 "shard plan with %d tensor-parallel and %d expert-parallel ranks: "
                                 "this worker runs whole models only (one rank per group)",
                                 plan->tp_size, plan->ep_size);
+    /* The KV type first: a plan this worker cannot follow is refused before the model loads.
+     * (An unknown KvType value never gets here: proto_decode refuses the frame, and the
+     * refusal goes back to the coordinator.) */
+    dtype kv_type;
+    if (!proto_kv_type_to_dtype(plan->kv_type, &kv_type))
+        return cinder_error_set(err, CINDER_ERR_UNSUPPORTED,
+                                "shard_plan.kv_type %d: this worker has no such KV cache type",
+                                (int)plan->kv_type);
     LOG_INFO("loading %s", plan->model_path);
     w->m = model_open(plan->model_path, err);
     if (!w->m) return err->status;
     engine_options o = engine_options_default();
+    o.kv_type = kv_type;
     o.backend = w->backend;
     o.device = (int)w->args.gpu;
     o.n_threads = (int)w->args.threads;
@@ -293,7 +304,16 @@ static cinder_status worker_join(worker *w, cinder_error *err) {
     if (!plan) return err->status ? err->status : CINDER_ERR_IO;
     cinder_status s = worker_load(w, plan->shard_plan, err);
     proto_envelope_free(plan);
-    if (s) return s;
+    if (s) {
+        /* The coordinator hears why (its log names this rank), then this rank leaves. */
+        Cinder__Envelope *e = proto_error_reply(
+            NULL, proto_error_code(s), "cannot take the shard plan on %s: %s", w->device, err->msg);
+        if (e) {
+            worker_send(w, e);
+            proto_envelope_free(e);
+        }
+        return s;
+    }
 
     Cinder__Ready ready = CINDER__READY__INIT;
     ready.group = (int32_t)w->args.group;
@@ -303,12 +323,21 @@ static cinder_status worker_join(worker *w, cinder_error *err) {
     ready.max_batch_tokens = w->max_batch_tokens;
     ready.max_seqs = w->max_seqs;
     ready.vocab_size = w->vocab;
+    const kv_cache *kv = engine_kv(w->e);
+    if (!proto_kv_type_from_dtype(kv->type, &ready.kv_type))
+        return cinder_error_set(err, CINDER_ERR_ARG, "the engine made a %s KV pool",
+                                dtype_name(kv->type)); /* cannot happen: it took the plan's */
     env = (Cinder__Envelope)CINDER__ENVELOPE__INIT;
     env.body_case = CINDER__ENVELOPE__BODY_READY;
     env.ready = &ready;
     if (worker_send(w, &env)) return cinder_error_set(err, CINDER_ERR_IO, "cannot send Ready");
-    LOG_INFO("ready: %d KV blocks of %d tokens, batches up to %d tokens / %d sequences",
-             ready.kv_blocks, ready.block_size, ready.max_batch_tokens, ready.max_seqs);
+    size_t block_bytes = kv_cache_block_bytes_type(kv->n_layers, kv->n_kv_heads, kv->head_dim,
+                                                   kv->block_size, kv->type);
+    LOG_INFO("ready: %d KV blocks of %d tokens (%s, %zu bytes each, %.1f MiB), batches up to %d "
+             "tokens / %d sequences",
+             ready.kv_blocks, ready.block_size, dtype_name(kv->type), block_bytes,
+             (double)block_bytes * ready.kv_blocks / 1048576.0, ready.max_batch_tokens,
+             ready.max_seqs);
     return CINDER_OK;
 }
 
@@ -569,7 +598,12 @@ static void worker_free(worker *w) {
     sampler_free(w->smp);
     engine_free(w->e);
     model_free(w->m);
-    if (w->sock) zmq_close(w->sock);
+    if (w->sock) {
+        /* A moment for the last message to leave (an Error saying why this rank cannot join). */
+        int linger = 1000;
+        zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(w->sock);
+    }
     if (w->zctx) zmq_ctx_term(w->zctx);
 }
 

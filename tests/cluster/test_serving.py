@@ -4,25 +4,28 @@ worker alone where mpirun is missing or CINDER_NO_MPIRUN=1) on loopback, the rea
 model, real sockets.
 
     test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
-                                        bad_input, failover, no_mpirun, restart)
+                                        bad_input, failover, no_mpirun, restart, kv_type,
+                                        kv_type_errors)
 
 Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
 or waiting). Exit 77 (ctest SKIP) when the model or the programs are missing.
 """
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster, build_dir, skip_unless_runnable  # noqa: E402
+from cluster import Cluster, build_dir, programs, skip_unless_runnable  # noqa: E402
 
 import zmq  # noqa: E402
 from cinder_client import CinderError, Client  # noqa: E402
 from cinder_client import pb  # noqa: E402
 
 FAILURES = []
+PROTO_MINOR = 3  # proto/protocol.h: PROTO_VERSION_MINOR
 
 
 def check(cond, what):
@@ -477,6 +480,203 @@ def scenario_restart(model):
         cl.check_alive()
 
 
+# SmolLM2-135M's KV block of 16 tokens in F32: 30 layers x 3 KV heads x 64 dims x 16 tokens x
+# (K + V) x 4 bytes.
+SMOLLM2_F32_BLOCK_BYTES = 30 * 3 * 64 * 16 * 2 * 4
+
+
+def local_generate(model, prompt, max_tokens, *extra, chat=True):
+    """`cinder generate` in one process (greedy): (exit status, text, tokens it generated)."""
+    argv = [os.path.join(build_dir(), "cinder"), "generate", "--model", model, "--prompt", prompt,
+            "--temperature", "0", "--max-tokens", str(max_tokens), "--threads", "1", *extra]
+    if chat:
+        argv.append("--chat")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    text = p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout
+    m = re.search(r"generated (\d+) tokens", p.stderr)
+    return p.returncode, text, int(m.group(1)) if m else -1
+
+
+def scenario_kv_type(model):
+    """--kv-type f16: the workers make F16 pools; --kv-mib holds twice the F32 blocks; Status
+    (the protocol, `cinder status` and --json) says F16; answers equal `cinder generate
+    --kv-type f16` token for token. A bad --kv-type is refused at once."""
+    coordinator = os.path.join(build_dir(), "cinder-coordinator")
+    p = subprocess.run([coordinator, "--model", model, "--kv-type", "fp8"], capture_output=True,
+                       text=True, timeout=60)
+    check(p.returncode == 2 and "--kv-type is f32, f16 or bf16, not 'fp8'" in p.stderr,
+          f"--kv-type fp8: exit {p.returncode}, {p.stderr.strip()[:120]!r}")
+    kv_mib = 16
+    with Cluster(model, coordinator_args=["--kv-type", "f16", "--kv-mib", str(kv_mib)]) as cl:
+        st = cl.status()
+        half = SMOLLM2_F32_BLOCK_BYTES // 2
+        want = (kv_mib << 20) // half
+        check(st.kv.kv_type == pb.KV_TYPE_F16 and st.groups[0].kv.kv_type == pb.KV_TYPE_F16,
+              f"Status says F16 ({pb.KvType.Name(st.kv.kv_type)}, group "
+              f"{pb.KvType.Name(st.groups[0].kv.kv_type)})")
+        check(st.kv.block_bytes == half and st.groups[0].kv.block_bytes == half,
+              f"a block takes half its F32 bytes ({st.kv.block_bytes}, F32 {SMOLLM2_F32_BLOCK_BYTES})")
+        check(st.kv.blocks_total == want,
+              f"--kv-mib {kv_mib} holds {st.kv.blocks_total} F16 blocks (want {want}; F32: "
+              f"{(kv_mib << 20) // SMOLLM2_F32_BLOCK_BYTES})")
+        cinder = os.path.join(build_dir(), "cinder")
+        out = subprocess.run([cinder, "status", "--server", cl.endpoint], capture_output=True,
+                             text=True, timeout=60).stdout
+        check(f"{want} blocks of 16 tokens, F16 (360.0 KiB a block" in out,
+              f"cinder status shows the type and the bytes: "
+              f"{[x.strip() for x in out.splitlines() if x.startswith('kv')]}")
+        js = subprocess.run([cinder, "status", "--server", cl.endpoint, "--json"],
+                            capture_output=True, text=True, timeout=60).stdout
+        check('"kv_type":\t"KV_TYPE_F16"' in js and f'"block_bytes":\t{half}' in js,
+              "cinder status --json shows kv_type and block_bytes")
+
+        with cl.client() as c:
+            r = c.generate(chat=[("user", "What is the capital of France?")], max_tokens=16,
+                           temperature=0.0, stream=False)
+            check("Paris" in r.text, f"F16 KV: the capital of France is {r.text!r}")
+            for q in ["Write a long story about a lighthouse keeper and a storm.",
+                      prompt_of(2, 3)]:
+                r = c.generate(chat=[("user", q)], max_tokens=24, temperature=0.0, stream=False)
+                rc, text, n = local_generate(model, q, 24, "--kv-type", "f16")
+                check(rc == 0 and r.finish_reason == "length" and n == len(r.token_ids) == 24
+                      and text == r.text,
+                      f"greedy with F16 KV equals `cinder generate --kv-type f16` for {q[:30]!r}...: "
+                      f"{len(r.token_ids)} and {n} tokens, {r.text[:40]!r} vs {text[:40]!r}")
+        check_pool_whole(cl, "after the F16 run")
+
+
+def fake_worker(control, group, minor=PROTO_MINOR):
+    """A DEALER that joins as one rank of group: Hello, Register. Returns (socket, ShardPlan)."""
+    s = raw_socket(control, hello=False)
+    env = pb.Envelope()
+    env.hello.major = 1
+    env.hello.minor = minor
+    env.hello.role = pb.ROLE_WORKER
+    s.send(env.SerializeToString())
+    assert recv(s, 10000).WhichOneof("body") == "hello"
+    env = pb.Envelope()
+    r = env.register_rank
+    r.rank, r.group, r.world_size, r.host, r.device, r.mem_bytes = 0, group, 1, "fake", "fake-gpu", 1 << 30
+    s.send(env.SerializeToString())
+    while True:
+        e = recv(s, 10000)
+        if e.WhichOneof("body") == "shard_plan":
+            return s, e.shard_plan
+
+
+def fake_coordinator_join(model, plan_edit, timeout_s=30):
+    """A real cinder-worker against a ROUTER that answers its Register with a ShardPlan changed
+    by plan_edit. Returns (the worker's first message after Register, exit status, stderr)."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    _, worker = programs(build_dir())
+    p = subprocess.Popen([worker, "--coordinator", f"tcp://127.0.0.1:{port}", "--threads", "1",
+                          "--timeout-ms", "10000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    answer = None
+    try:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and answer is None:
+            if not router.poll(500):
+                if p.poll() is not None:
+                    break
+                continue
+            ident, frame = router.recv_multipart()
+            env = pb.Envelope()
+            env.ParseFromString(frame)
+            body = env.WhichOneof("body")
+            if body == "hello":
+                h = pb.Envelope()
+                h.hello.major, h.hello.minor, h.hello.role = 1, PROTO_MINOR, pb.ROLE_COORDINATOR
+                router.send_multipart([ident, h.SerializeToString()])
+            elif body == "register_rank":
+                e = pb.Envelope()
+                sp = e.shard_plan
+                sp.group, sp.rank, sp.world_size, sp.model_path = env.register_rank.group, 0, 1, model
+                sp.tp_size, sp.ep_size, sp.block_size, sp.kv_blocks = 1, 1, 16, 64
+                sp.max_batch_tokens, sp.max_seqs = 64, 4
+                sp.q_heads.count, sp.kv_heads.count, sp.ffn.count, sp.vocab.count = 9, 3, 1536, 49152
+                plan_edit(sp)
+                router.send_multipart([ident, e.SerializeToString()])
+            elif body != "heartbeat":
+                answer = env
+        out, _ = p.communicate(timeout=timeout_s)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        router.close(0)
+    return answer, p.returncode, out
+
+
+def scenario_kv_type_errors(model):
+    """What cannot have the asked KV type says so and nobody crashes: a worker given a KvType it
+    does not know (a newer coordinator's) refuses the plan by name, and one that cannot load
+    its plan says why, back to the coordinator, and exits 1; the coordinator logs a rank's
+    refusal and drops its group, and turns away a rank (from before 1.3) that made another type."""
+    a, rc, out = fake_coordinator_join(model, lambda sp: setattr(sp, "kv_type", 9))
+    msg = a.error.message if a is not None and a.WhichOneof("body") == "error" else repr(a)
+    check(a is not None and a.WhichOneof("body") == "error" and "shard_plan.kv_type" in msg,
+          f"an unknown kv_type: the worker answers Error ({msg!r})")
+    check(rc == 1 and "could not join" in out, f"... and exits 1 ({rc}): {out.strip()[-160:]!r}")
+
+    def bad_path(sp):
+        sp.kv_type = pb.KV_TYPE_F16
+        sp.model_path = "/nonexistent/model.gguf"
+    a, rc, out = fake_coordinator_join(model, bad_path)
+    msg = a.error.message if a is not None and a.WhichOneof("body") == "error" else repr(a)
+    check(a is not None and a.WhichOneof("body") == "error" and "cannot take the shard plan" in msg
+          and "/nonexistent/model.gguf" in msg,
+          f"a plan the worker cannot load: Error back to the coordinator ({msg!r})")
+    check(rc == 1, f"... and exits 1 ({rc})")
+
+    with Cluster(model, coordinator_args=["--kv-type", "f16", "--kv-blocks", "64"]) as cl:
+        s, plan = fake_worker(cl.control, 5)
+        check(plan.kv_type == pb.KV_TYPE_F16 and plan.kv_blocks == 64,
+              f"the plan asks for F16 ({pb.KvType.Name(plan.kv_type)}, {plan.kv_blocks} blocks)")
+        env = pb.Envelope()
+        env.error.code = pb.ERROR_CODE_UNSUPPORTED
+        env.error.message = "cannot take the shard plan: the fake backend has no F16 KV cache"
+        s.send(env.SerializeToString())
+        deadline = time.time() + 10
+        state = None
+        while time.time() < deadline:
+            g5 = [g for g in cl.status().groups if g.group == 5]
+            state = pb.GroupState.Name(g5[0].state) if g5 else None
+            if state == "GROUP_STATE_LOST":
+                break
+            time.sleep(0.1)
+        s.close(0)
+        log = cl.coordinator.tail(200)
+        check(state == "GROUP_STATE_LOST" and "group 5 rank 0 cannot join: cannot take the shard "
+              "plan: the fake backend has no F16 KV cache" in log,
+              f"the coordinator logs a rank's refusal and drops its group ({state})")
+
+        s, plan = fake_worker(cl.control, 6, minor=2)  # before 1.3: makes F32 pools
+        env = pb.Envelope()
+        rd = env.ready
+        rd.group, rd.rank, rd.kv_blocks, rd.block_size = 6, 0, 64, 16
+        rd.max_batch_tokens, rd.max_seqs, rd.vocab_size = 64, 4, 49152
+        s.send(env.SerializeToString())
+        e = recv(s, 10000)
+        while e.WhichOneof("body") == "heartbeat":
+            e = recv(s, 10000)
+        s.close(0)
+        log = cl.coordinator.tail(200)
+        check(e.WhichOneof("body") == "shutdown" and "64 F32 blocks" in log and "F16 blocks" in log
+              and "protocol 1.3" in log,
+              f"a rank ready with F32 for an F16 plan is sent away ({e.WhichOneof('body')})")
+        g6 = [g for g in cl.status().groups if g.group == 6]
+        check(g6 and g6[0].state != pb.GROUP_STATE_READY, "... and its group is not ready")
+        with cl.client() as c:
+            r = c.generate(chat=[("user", "What is the capital of France?")], max_tokens=16,
+                           temperature=0.0, stream=False)
+            check("Paris" in r.text, f"the real group still serves ({r.text!r})")
+        cl.check_alive()
+
+
 SCENARIOS = {
     "concurrency": scenario_concurrency,
     "prefix": scenario_prefix,
@@ -486,6 +686,8 @@ SCENARIOS = {
     "failover": scenario_failover,
     "no_mpirun": scenario_no_mpirun,
     "restart": scenario_restart,
+    "kv_type": scenario_kv_type,
+    "kv_type_errors": scenario_kv_type_errors,
 }
 
 
