@@ -5,8 +5,9 @@
  * is created with the smallest pool any rank reported, and the scheduler starts sending it
  * steps. A rank that cannot take its plan (its backend has no pool of the plan's KV type, it
  * cannot load the model) answers Error instead of Ready: the reason is logged and its group is
- * LOST until it registers again. Heartbeats go both ways; a group whose ranks fall silent is LOST: its sequences go
- * back to the queue to be recomputed elsewhere (or when it returns), nothing accepted is lost.
+ * LOST until it registers again. Heartbeats go both ways; a group whose ranks fall silent is
+ * LOST: its sequences go back to the queue to be recomputed elsewhere (or when it returns),
+ * nothing accepted is lost.
  * A rank that registers again for a lost group starts the group over. */
 #include <stdio.h>
 #include <stdlib.h>
