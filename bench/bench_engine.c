@@ -1,7 +1,9 @@
 /* bench_engine.c - the CPU engine on a real model: prefill and decode speed beside the decode
  * rate the memory bandwidth measured in the same run allows.
  *
- *   bench_engine [MODEL] [THREADS...]     defaults: the SmolLM2 Q4_1 file, threads 1 and 2
+ *   bench_engine [--batched] [MODEL] [THREADS...]   defaults: the SmolLM2 Q4_1 file, threads 1, 2
+ *
+ * --batched runs llama-batched-bench's shape alone (F32 and F16 KV), for rounds paired with it.
  *
  * Decode at small batch reads every weight once per step, so tokens/s <= bandwidth / bytes of
  * weights (design.md §7); the ratio printed is how close the engine gets. The KV cache is F32
@@ -114,25 +116,11 @@ out:
     for (int i = 0; i < B; i++) kv_seq_free(kv, &seqs[i]);
 }
 
-static void bench_threads(const model *m, int n_threads) {
-    const model_config *c = &m->config;
-    int vocab = c->vocab_size;
-    engine_options o = engine_options_default();
-    o.n_threads = n_threads;
-    o.max_batch_tokens = PROMPT;
-    o.max_seqs = 32;
-    o.kv_blocks = 32 * ((NPP + NTG) / o.block_size + 2) + PROMPT / o.block_size + 2;
-    cinder_error err = {0};
-    engine *e = engine_create(m, &o, &err);
-    if (!e) {
-        fprintf(stderr, "bench_engine: %s\n", err.msg);
-        return;
-    }
+/* Prefill of a PROMPT-token prompt and decode at batch 1, 8 and 32, beside the bandwidth. */
+static void bench_prefill_decode(engine *e, const model *m, int n_threads, const int32_t *tokens,
+                                 float *logits) {
     kv_cache *kv = engine_kv(e);
-    float *logits = malloc((size_t)32 * vocab * sizeof(float));
-    int32_t *tokens = malloc(PROMPT * sizeof(int32_t));
-    for (int i = 0; i < PROMPT; i++) tokens[i] = (int32_t)((i * 7919u + 13) % (unsigned)vocab);
-
+    cinder_error err = {0};
     /* Prefill: one 512-token step, best of 2. */
     kv_seq s = {0};
     kv_seq_reserve(kv, &s, PROMPT, &err);
@@ -175,6 +163,30 @@ static void bench_threads(const model *m, int n_threads) {
             printf("  decode batch %2d: %6.1f tokens/s (%.1f steps/s)\n", B, rate, STEPS / t);
         for (int i = 0; i < B; i++) kv_seq_free(kv, &seqs[i]);
     }
+}
+
+static void bench_threads(const model *m, int n_threads, bool batched_only) {
+    const model_config *c = &m->config;
+    int vocab = c->vocab_size;
+    engine_options o = engine_options_default();
+    o.n_threads = n_threads;
+    o.max_batch_tokens = PROMPT;
+    o.max_seqs = 32;
+    o.kv_blocks = 32 * ((NPP + NTG) / o.block_size + 2) + PROMPT / o.block_size + 2;
+    cinder_error err = {0};
+    engine *e = engine_create(m, &o, &err);
+    if (!e) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return;
+    }
+    float *logits = malloc((size_t)32 * vocab * sizeof(float));
+    int32_t *tokens = malloc(PROMPT * sizeof(int32_t));
+    for (int i = 0; i < PROMPT; i++) tokens[i] = (int32_t)((i * 7919u + 13) % (unsigned)vocab);
+
+    if (batched_only)
+        printf("%d thread%s:\n", n_threads, n_threads > 1 ? "s" : "");
+    else
+        bench_prefill_decode(e, m, n_threads, tokens, logits);
     bench_batched(e, tokens, logits);
     engine_free(e);
     o.kv_type = DTYPE_F16;
@@ -190,6 +202,8 @@ static void bench_threads(const model *m, int n_threads) {
 
 int main(int argc, char **argv) {
     log_init_from_env();
+    bool batched_only = argc > 1 && strcmp(argv[1], "--batched") == 0;
+    if (batched_only) argv++, argc--;
     const char *path = argc > 1 ? argv[1] : CINDER_DEFAULT_MODEL;
     cinder_error err = {0};
     model *m = model_open(path, &err);
@@ -200,9 +214,9 @@ int main(int argc, char **argv) {
     printf("model %s: %d layers, d %d, %d/%d heads\n", path, m->config.n_layers,
            m->config.d_model, m->config.n_heads, m->config.n_kv_heads);
     if (argc > 2)
-        for (int i = 2; i < argc; i++) bench_threads(m, atoi(argv[i]));
+        for (int i = 2; i < argc; i++) bench_threads(m, atoi(argv[i]), batched_only);
     else
-        for (int t = 1; t <= 2; t++) bench_threads(m, t);
+        for (int t = 1; t <= 2; t++) bench_threads(m, t, batched_only);
     model_free(m);
     return 0;
 }

@@ -9,8 +9,9 @@
  *      within the token budget (max_batch_tokens), so a long prompt never stalls decodes;
  *   3. waiting requests are admitted in arrival order while blocks and budget last; the head
  *      of the queue is never overtaken (FCFS). With several groups, a request goes to the group
- *      where it costs least: its uncached prompt tokens plus a charge per running sequence. With continuous batching off, requests are
- *      admitted only when the group runs nothing (static batches).
+ *      where it costs least: its uncached prompt tokens plus a charge per running sequence.
+ *      With continuous batching off, requests are admitted only when the group runs nothing
+ *      (static batches).
  * The results come back as one sampled token per sequence whose step reached its last token. */
 #include <stdio.h>
 #include <stdlib.h>
