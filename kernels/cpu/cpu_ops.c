@@ -37,6 +37,16 @@ typedef struct cpu_ctx {
     cpu_act_q16 q16;
     size_t act_cap;
     cpu_attn_scratch attn;
+    /* cos and sin of the last positions rotated: every layer's q and k rotations of a step
+     * take the same positions, so the angles are computed once a step, not 2 x n_layers
+     * times (sin and cos in double were ~1% of a batch-32 decode step). Kept by content:
+     * positions, their count and the frequencies. */
+    struct {
+        float *cs;        /* [n, half] cos, then [n, half] sin */
+        int32_t *pos;     /* [n] */
+        float *inv_freq;  /* [half] */
+        int n, half, cap; /* cap: positions the buffers hold, at CPU_ROPE_MAX_DIM / 2 each */
+    } rope;
     /* Prepared weights: carved from chunks of CPU_PACK_CHUNK bytes (huge-page aligned and
      * advised), a larger weight in a chunk of its own. */
     void **chunks;
@@ -269,25 +279,34 @@ typedef struct rope_job {
     int n_heads, head_dim, rope_dim;
     rope_layout layout;
     const float *inv_freq;
+    float *cs; /* [n, half] cos, then [n, half] sin */
+    int n;
 } rope_job;
 
-static void rope_rows(void *arg, int64_t t0, int64_t t1, int thread) {
+static void rope_angles(void *arg, int64_t t0, int64_t t1, int thread) {
     const rope_job *j = arg;
     const int half = j->rope_dim / 2;
-    float cs[CPU_ROPE_MAX_DIM / 2], sn[CPU_ROPE_MAX_DIM / 2];
-    for (int64_t t = t0; t < t1; t++) {
+    float *cs = j->cs, *sn = j->cs + (size_t)j->n * half;
+    for (int64_t t = t0; t < t1; t++)
         /* angles in double: pos * inv_freq reaches thousands of radians, where a float angle
          * is off by ~1e-4 */
         for (int i = 0; i < half; i++) {
             double angle = (double)j->pos[t] * j->inv_freq[i];
-            cs[i] = (float)cos(angle);
-            sn[i] = (float)sin(angle);
+            cs[t * half + i] = (float)cos(angle);
+            sn[t * half + i] = (float)sin(angle);
         }
+}
+
+static void rope_rows(void *arg, int64_t t0, int64_t t1, int thread) {
+    const rope_job *j = arg;
+    const int half = j->rope_dim / 2;
+    /* pair i is (v[i * step], v[i * step + off]) */
+    const int step = j->layout == ROPE_LAYOUT_INTERLEAVED ? 2 : 1;
+    const int off = j->layout == ROPE_LAYOUT_INTERLEAVED ? 1 : half;
+    for (int64_t t = t0; t < t1; t++) {
+        const float *cs = j->cs + t * half, *sn = j->cs + ((size_t)j->n + t) * half;
         for (int h = 0; h < j->n_heads; h++) {
             float *v = j->x + (t * j->n_heads + h) * j->head_dim;
-            /* pair i is (v[ia], v[ib]) */
-            int step = j->layout == ROPE_LAYOUT_INTERLEAVED ? 2 : 1;
-            int off = j->layout == ROPE_LAYOUT_INTERLEAVED ? 1 : half;
             for (int i = 0; i < half; i++) {
                 float a = v[i * step], b = v[i * step + off];
                 v[i * step] = a * cs[i] - b * sn[i];
@@ -303,7 +322,28 @@ static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads
     CN_ASSERT(n >= 0 && n_heads > 0 && rope_dim > 0 && rope_dim % 2 == 0);
     CN_ASSERT(rope_dim <= head_dim && rope_dim <= CPU_ROPE_MAX_DIM);
     CN_ASSERT(layout == ROPE_LAYOUT_INTERLEAVED || layout == ROPE_LAYOUT_HALF);
-    rope_job j = {x, pos, n_heads, head_dim, rope_dim, layout, inv_freq};
+    if (n == 0) return;
+    const int half = rope_dim / 2;
+    if (n > c->rope.cap) { /* grows before the parallel part and is kept, as the attention's */
+        float *cs = malloc((size_t)n * CPU_ROPE_MAX_DIM * sizeof *cs);
+        int32_t *p = malloc((size_t)n * sizeof *p);
+        float *f = c->rope.inv_freq ? c->rope.inv_freq : malloc(CPU_ROPE_MAX_DIM / 2 * sizeof *f);
+        CN_ASSERT(cs && p && f); /* a few MiB at most */
+        free(c->rope.cs);
+        free(c->rope.pos);
+        c->rope.cs = cs, c->rope.pos = p, c->rope.inv_freq = f;
+        c->rope.cap = n, c->rope.n = 0;
+    }
+    rope_job j = {x, pos, n_heads, head_dim, rope_dim, layout, inv_freq, c->rope.cs, n};
+    if (c->rope.n != n || c->rope.half != half ||
+        memcmp(c->rope.pos, pos, (size_t)n * sizeof *pos) != 0 ||
+        memcmp(c->rope.inv_freq, inv_freq, (size_t)half * sizeof *inv_freq) != 0) {
+        int64_t grain = (int64_t)n * half < CPU_PARALLEL_MIN / 16 ? n : 4;
+        cpu_pool_run(c->pool, rope_angles, &j, n, grain);
+        memcpy(c->rope.pos, pos, (size_t)n * sizeof *pos);
+        memcpy(c->rope.inv_freq, inv_freq, (size_t)half * sizeof *inv_freq);
+        c->rope.n = n, c->rope.half = half;
+    }
     int64_t per_token = (int64_t)n_heads * head_dim;
     int64_t grain = n * per_token < CPU_PARALLEL_MIN ? n : 1 + CPU_PARALLEL_MIN / (4 * per_token);
     cpu_pool_run(c->pool, rope_rows, &j, n, grain);
@@ -561,6 +601,9 @@ static void cpu_destroy(kernel_ops *ops) {
     cpu_ctx *c = ops->ctx;
     cpu_pool_free(c->pool);
     cpu_attn_scratch_free(&c->attn);
+    free(c->rope.cs);
+    free(c->rope.pos);
+    free(c->rope.inv_freq);
     free(c->q8);
     free(c->q16.qs);
     free(c->q16.ds);
