@@ -132,11 +132,21 @@ const char *kernel_act_name(kernel_act_precision act) {
 
 #define KERNEL_HUGE_PAGE ((uintptr_t)2 << 20)
 
+void kernel_advise_huge_pages(void *p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+    uintptr_t b = ((uintptr_t)p + KERNEL_HUGE_PAGE - 1) & ~(KERNEL_HUGE_PAGE - 1);
+    uintptr_t e = ((uintptr_t)p + bytes) & ~(KERNEL_HUGE_PAGE - 1);
+    if (e > b) madvise((void *)b, e - b, MADV_HUGEPAGE); /* a hint: failure changes nothing */
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
 /* Host memory: zeroed and touched only where used (calloc). Regions of a few MiB and more
- * (KV pools) ask for 2 MiB pages where the kernel gives them on request: decode attention
- * reads each sequence's K/V rows from blocks scattered through the pool, a new 4 KiB page
- * every 2 KiB or so, and with small pages most of those reads miss the TLB as well (batch-32
- * decode attention over an F16 pool: 0-13% less time on an AMD EPYC, by the profile). */
+ * (KV pools) ask for 2 MiB pages: decode attention reads each sequence's K/V rows from blocks
+ * scattered through the pool, a new 4 KiB page every 2 KiB or so, and with small pages most
+ * of those reads miss the TLB as well (batch-32 decode attention over an F16 pool: 0-13% less
+ * time on an AMD EPYC, by the profile). */
 void *kernel_alloc(kernel_ops *k, size_t bytes, cinder_error *err) {
     if (k->alloc) return k->alloc(k->ctx, bytes, err);
     void *p = calloc(1, bytes ? bytes : 1);
@@ -144,13 +154,7 @@ void *kernel_alloc(kernel_ops *k, size_t bytes, cinder_error *err) {
         cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for %zu bytes", bytes);
         return NULL;
     }
-#ifdef MADV_HUGEPAGE
-    if (bytes >= 2 * KERNEL_HUGE_PAGE) { /* the whole huge pages inside [p, p + bytes) */
-        uintptr_t b = ((uintptr_t)p + KERNEL_HUGE_PAGE - 1) & ~(KERNEL_HUGE_PAGE - 1);
-        uintptr_t e = ((uintptr_t)p + bytes) & ~(KERNEL_HUGE_PAGE - 1);
-        if (e > b) madvise((void *)b, e - b, MADV_HUGEPAGE); /* a hint: failure changes nothing */
-    }
-#endif
+    if (bytes >= 2 * KERNEL_HUGE_PAGE) kernel_advise_huge_pages(p, bytes);
     return p;
 }
 

@@ -294,6 +294,9 @@ static inline bool kernel_host_memory(const kernel_ops *k) {
     return k->alloc == NULL;
 }
 void *kernel_alloc(kernel_ops *k, size_t bytes, cinder_error *err);
+/* Asks for 2 MiB pages over the whole ones inside [p, p + bytes) of host memory (madvise, where
+ * the kernel has transparent huge pages; a hint, nothing changes elsewhere). */
+void kernel_advise_huge_pages(void *p, size_t bytes);
 void kernel_free(kernel_ops *k, void *p); /* accepts NULL */
 void kernel_upload(kernel_ops *k, void *dst, const void *src, size_t bytes);
 void kernel_download(kernel_ops *k, void *dst, const void *src, size_t bytes);

@@ -43,6 +43,24 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Reads a started request's messages with generate_next until the final one (into res),
+ * cancelling cancel_id after the first chunk unless it is NULL. Returns the chunks before the
+ * final message, or -1 after an error. */
+static int step_through(cinder_client *c, const char *cancel_id, cinder_gen_result *res) {
+    cinder_error err = {0};
+    cinder_gen_chunk chunk;
+    bool done = false;
+    int n = 0;
+    while (!done) {
+        cinder_status s = cinder_client_generate_next(c, &chunk, &done, res, &err);
+        CHECK_MSG(s == CINDER_OK, "%s", err.msg);
+        if (s) return -1;
+        if (!done && ++n == 1 && cancel_id)
+            CHECK(cinder_client_cancel(c, cancel_id, &err) == CINDER_OK);
+    }
+    return n;
+}
+
 /* Stream and non-stream give the same text and tokens; greedy. */
 static void test_stream_equals_whole(cinder_client *c, const char *prompt, int max_tokens) {
     cinder_gen_request req;
@@ -87,18 +105,12 @@ static void test_cancel(cinder_client *c, const char *prompt) {
     char id[129];
     CHECK(cinder_client_generate_start(c, &req, id, &err) == CINDER_OK);
     CHECK(cinder_client_cancel(c, "not-this-one", &err) == CINDER_ERR_NOT_FOUND);
-    cinder_gen_chunk chunk;
-    bool done = false;
-    int n = 0;
-    while (!done) {
-        cinder_status s = cinder_client_generate_next(c, &chunk, &done, &res, &err);
-        CHECK_MSG(s == CINDER_OK, "%s", err.msg);
-        if (s) break;
-        if (!done && ++n == 1) CHECK(cinder_client_cancel(c, id, &err) == CINDER_OK);
-    }
+    int n = step_through(c, id, &res);
     CHECK_EQ_INT(res.finish_reason, CINDER_FINISH_CANCELLED);
     CHECK_STR_EQ(res.request_id, id);
     CHECK(n >= 1 && n < 1000);
+    cinder_gen_chunk chunk;
+    bool done = false;
     /* Nothing in flight any more. */
     CHECK(cinder_client_cancel(c, id, &err) == CINDER_ERR_NOT_FOUND);
     CHECK(cinder_client_generate_next(c, &chunk, &done, &res, &err) == CINDER_ERR_ARG);
@@ -241,16 +253,7 @@ static void test_mock_only(const char *endpoint) {
     req.text = "stepwise";
     char sid[129];
     CHECK(cinder_client_generate_start(c, &req, sid, &err) == CINDER_OK);
-    cinder_gen_chunk chunk;
-    bool done = false;
-    int n = 0;
-    while (!done) {
-        cinder_status s = cinder_client_generate_next(c, &chunk, &done, &res, &err);
-        CHECK_MSG(s == CINDER_OK, "%s", err.msg);
-        if (s) break;
-        if (!done) n++;
-    }
-    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(step_through(c, NULL, &res), 2);
     CHECK_STR_EQ(res.request_id, sid);
     /* HELLO_REQUIRED again after the new Hello: an error, not a loop; the next call works. */
     req.text = "!forget";

@@ -7,7 +7,7 @@
 
 size_t kv_cache_block_bytes_type(int n_layers, int n_kv_heads, int head_dim, int block_size,
                                  dtype type) {
-    size_t elem = type == DTYPE_F32 ? sizeof(float) : 2; /* F32, or F16 / BF16 */
+    size_t elem = dtype_row_bytes(type, 1); /* F32, or F16 / BF16 */
     return 2 * (size_t)n_layers * (size_t)n_kv_heads * (size_t)block_size * (size_t)head_dim *
            elem;
 }
@@ -167,7 +167,7 @@ void kv_cache_copy_block(kv_cache *c, int32_t src, int32_t dst) {
     CN_ASSERT(src >= 0 && src < c->n_blocks && dst >= 0 && dst < c->n_blocks);
     /* Through the host, so that any backend's pools work: copy-on-write is rare (forked
      * sequences only), and one block is small. */
-    size_t elem = c->type == DTYPE_F32 ? 4 : 2;
+    size_t elem = dtype_row_bytes(c->type, 1);
     size_t bytes = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim * elem;
     uint8_t *stage = malloc(bytes);
     CN_ASSERT(stage);

@@ -478,13 +478,12 @@ typedef struct attn_next {
     int n;
 } attn_next;
 
-ATTN_TARGET ATTN_INLINE void attn_prefetch_key(const attn_next *nx, int j, const int HD,
-                                               const dtype T) {
-    const int bytes = HD * (T == DTYPE_F32 ? 4 : 2);
-    for (int b = 0; b < bytes; b += 64) {
-        _mm_prefetch((const char *)nx->k[j] + b, _MM_HINT_T0);
-        _mm_prefetch((const char *)nx->v[j] + b, _MM_HINT_T0);
-    }
+/* Prefetches n K or V rows (of head dim HD, type T) into L1; nothing when n <= 0. */
+ATTN_TARGET ATTN_INLINE void attn_prefetch_rows(const void *const *rows, int n, const int HD,
+                                                const dtype T) {
+    const int bytes = HD * (int)kv_elem_bytes(T);
+    for (int j = 0; j < n; j++)
+        for (int b = 0; b < bytes; b += 64) _mm_prefetch((const char *)rows[j] + b, _MM_HINT_T0);
 }
 
 /* R rows (ATTN_WIDE or 3), consecutive in q, sc and acc, that all see keys [j_lo, j_hi) of
@@ -502,7 +501,12 @@ ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *ac
     const int KJ = R <= 3 ? 4 : 2, NS = R <= 3 ? 4 : 2;
     int pf = 0; /* next-span keys prefetched so far */
     for (int j = j_lo; j < j_hi; j += KJ) {
-        for (int e = 0; e < KJ && pf < nx->n; e++, pf++) attn_prefetch_key(nx, pf, HD, T);
+        if (pf < nx->n) {
+            int cnt = nx->n - pf < KJ ? nx->n - pf : KJ;
+            attn_prefetch_rows(nx->k + pf, cnt, HD, T);
+            attn_prefetch_rows(nx->v + pf, cnt, HD, T);
+            pf += cnt;
+        }
         const void *k[KJ_MAX];
         for (int e = 0; e < KJ; e++) k[e] = j + e < j_hi ? kr[j + e] : kr[j];
         __m256 d[ATTN_WIDE][KJ_MAX], kv[KJ_MAX];
@@ -532,7 +536,8 @@ ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *ac
             }
         }
     }
-    for (; pf < nx->n; pf++) attn_prefetch_key(nx, pf, HD, T);
+    attn_prefetch_rows(nx->k + pf, nx->n - pf, HD, T);
+    attn_prefetch_rows(nx->v + pf, nx->n - pf, HD, T);
     __m256 cv[ATTN_WIDE];
     for (int r = 0; r < R; r++)
         cv[r] = _mm256_set1_ps(attn_softmax(sc + r * W, j_lo, j_hi, &m[r], &l[r]));
@@ -563,23 +568,6 @@ ATTN_TARGET ATTN_INLINE void attn_rows_wide(const float *q, float *sc, float *ac
     }
 }
 
-/* Prefetches rows [p, p + n) of c (the K or the V pool) for KV head h, all at once: for the
- * next span of a prefill tile, which then reuses each row for many queries. */
-ATTN_TARGET ATTN_INLINE void attn_prefetch(const void *c, const kernel_kv_layer *kv,
-                                           const int32_t *table, int h, int32_t p, int n) {
-    int bs = kv->block_size;
-    size_t eb = kv_elem_bytes(kv->type);
-    while (n > 0) {
-        int32_t off = p % bs, cnt = bs - off < n ? bs - off : n;
-        const char *row =
-            (const char *)c +
-            (((size_t)table[p / bs] * kv->n_kv_heads + h) * bs + off) * kv->head_dim * eb;
-        for (size_t b = 0; b < (size_t)cnt * kv->head_dim * eb; b += 64)
-            _mm_prefetch(row + b, _MM_HINT_T0);
-        p += cnt, n -= cnt;
-    }
-}
-
 /* The K and V rows of span si of tile t (counted from its first) into nx; none past its end. */
 ATTN_TARGET ATTN_INLINE void attn_span_of(const attn_args *a, const attn_tile *t, int si,
                                           attn_next *nx) {
@@ -590,10 +578,6 @@ ATTN_TARGET ATTN_INLINE void attn_span_of(const attn_args *a, const attn_tile *t
     attn_span_bounds(t->lo_pos, t->hi_pos, p0, &j_beg, &j_end);
     nx->n = j_end - j_beg;
     attn_span_rows(a->kv, t->s->block_table, t->h, p0 + j_beg, nx->n, nx->k, nx->v);
-}
-
-ATTN_TARGET ATTN_INLINE void attn_prefetch_span(const attn_next *nx, const int HD, const dtype T) {
-    for (int j = 0; j < nx->n; j++) attn_prefetch_key(nx, j, HD, T);
 }
 
 ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item, int64_t next,
@@ -633,8 +617,8 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
                        vr + j_beg);
         if (stream) {
             if (si == 0) { /* in cache already when the item before was this thread's */
-                attn_span_of(a, &tl, 0, &nx);
-                attn_prefetch_span(&nx, HD, T);
+                attn_prefetch_rows(kr + j_beg, j_end - j_beg, HD, T);
+                attn_prefetch_rows(vr + j_beg, j_end - j_beg, HD, T);
             }
             /* the next span, from the last one the next item's first */
             if (si + 1 < n_spans)
@@ -643,13 +627,11 @@ ATTN_TARGET ATTN_INLINE void attn_item_avx2_hd(const attn_args *a, int64_t item,
                 attn_span_of(a, &tn, 0, &nx);
             else
                 nx.n = 0;
-        } else {
-            attn_prefetch(a->kv->v, a->kv, s->block_table, tl.h, p0 + j_beg, j_end - j_beg);
-            if (si + 1 < n_spans) {
-                int32_t n_next = tl.hi_pos + 1 - (p0 + CPU_ATTN_SPAN);
-                n_next = n_next < CPU_ATTN_SPAN ? n_next : CPU_ATTN_SPAN;
-                attn_prefetch(a->kv->k, a->kv, s->block_table, tl.h, p0 + CPU_ATTN_SPAN, n_next);
-            }
+        } else { /* a prefill tile: this span's V and the next span's K, all at once */
+            attn_prefetch_rows(vr + j_beg, j_end - j_beg, HD, T);
+            attn_span_of(a, &tl, si + 1, &nx);
+            attn_prefetch_rows(nx.k, nx.n, HD, T);
+            nx.n = 0; /* not streamed by the score loop */
         }
         bool first_wide = true; /* the first wide group of rows prefetches the next span */
         for (int r = 0; r < rows;) {

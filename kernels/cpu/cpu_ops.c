@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "cpu_attention.h"
 #include "cpu_exp.h"
@@ -44,7 +43,7 @@ typedef struct cpu_ctx {
     struct {
         float *cs;        /* [n, half] cos, then [n, half] sin */
         int32_t *pos;     /* [n] */
-        float *inv_freq;  /* [half] */
+        float inv_freq[CPU_ROPE_MAX_DIM / 2];
         int n, half, cap; /* cap: positions the buffers hold, at CPU_ROPE_MAX_DIM / 2 each */
     } rope;
     /* Prepared weights: carved from chunks of CPU_PACK_CHUNK bytes (huge-page aligned and
@@ -197,11 +196,9 @@ static void *cpu_pack_alloc(cpu_ctx *c, size_t bytes) {
         c->chunks = list;
         void *p = aligned_alloc(CPU_HUGE_PAGE, size);
         if (!p) return NULL;
-#ifdef MADV_HUGEPAGE
         /* decode streams every weight once per token: 2 MiB pages spare the TLB a miss every
-         * 4 KiB (a hint; without transparent huge pages nothing changes) */
-        madvise(p, size, MADV_HUGEPAGE);
-#endif
+         * 4 KiB */
+        kernel_advise_huge_pages(p, size);
         c->chunks[c->n_chunks++] = p;
         c->chunk_used = 0;
         c->chunk_size = size;
@@ -327,11 +324,10 @@ static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads
     if (n > c->rope.cap) { /* grows before the parallel part and is kept, as the attention's */
         float *cs = malloc((size_t)n * CPU_ROPE_MAX_DIM * sizeof *cs);
         int32_t *p = malloc((size_t)n * sizeof *p);
-        float *f = c->rope.inv_freq ? c->rope.inv_freq : malloc(CPU_ROPE_MAX_DIM / 2 * sizeof *f);
-        CN_ASSERT(cs && p && f); /* a few MiB at most */
+        CN_ASSERT(cs && p); /* a few MiB at most */
         free(c->rope.cs);
         free(c->rope.pos);
-        c->rope.cs = cs, c->rope.pos = p, c->rope.inv_freq = f;
+        c->rope.cs = cs, c->rope.pos = p;
         c->rope.cap = n, c->rope.n = 0;
     }
     rope_job j = {x, pos, n_heads, head_dim, rope_dim, layout, inv_freq, c->rope.cs, n};
@@ -603,7 +599,6 @@ static void cpu_destroy(kernel_ops *ops) {
     cpu_attn_scratch_free(&c->attn);
     free(c->rope.cs);
     free(c->rope.pos);
-    free(c->rope.inv_freq);
     free(c->q8);
     free(c->q16.qs);
     free(c->q16.ds);
