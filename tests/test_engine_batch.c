@@ -105,6 +105,26 @@ static void test_batch(const model *m, const char *name) {
                                                     kv[i].n_blocks, false};
     CHECK_MSG(engine_step(e, q, S, batch + (size_t)decode_row * vocab, &err) == CINDER_OK, "%s",
               err.msg);
+    /* Greedy on the backend: both steps again (they rewrite the same K and V), each row's
+     * argmax alone coming back, equal to the argmax of its logits. */
+    int32_t *ids = malloc((size_t)total * sizeof *ids);
+    float *scratch = malloc((size_t)total * vocab * sizeof(float));
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < S; i++) {
+            engine_seq prefill = {tok[i], lens[i], 0, kv[i].blocks, kv[i].n_blocks, true};
+            engine_seq decode = {tok[i] + lens[i], 1, lens[i], kv[i].blocks, kv[i].n_blocks, false};
+            q[i] = pass == 0 ? prefill : decode;
+        }
+        int n_rows = engine_logit_rows(q, S), same = 0;
+        const float *want = batch + (pass == 0 ? 0 : (size_t)decode_row * vocab);
+        CHECK_MSG(engine_step_argmax(e, q, S, scratch, ids, &err) == CINDER_OK, "%s", err.msg);
+        for (int r = 0; r < n_rows; r++)
+            same += ids[r] == etu_argmax(want + (size_t)r * vocab, vocab);
+        CHECK_MSG(same == n_rows, "%s: engine_step_argmax agrees on %d of %d rows", name, same,
+                  n_rows);
+    }
+    free(ids);
+    free(scratch);
     double prefill = rows_err(batch, alone, total, vocab);
     double decode = rows_err(batch + (size_t)decode_row * vocab,
                              alone + (size_t)decode_row * vocab, S, vocab);

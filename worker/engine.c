@@ -42,6 +42,7 @@ struct engine {
      * sequences. logits: [logit_rows, vocab], only where the backend's memory is not the
      * host's (else the caller's buffer is written directly). */
     float *x, *h, *q, *kk, *vv, *att, *gate, *up, *rows, *logits;
+    int32_t *ids; /* [logit_rows]: the rows' argmax, with logits */
     int logit_rows;
     /* A step's int32 plan, packed on the host and uploaded in one copy:
      * [tokens n][pos n][slots n][row_index n_rows][block tables], meta_cap values. */
@@ -274,6 +275,7 @@ engine *engine_create(const model *m, const engine_options *opts_in, cinder_erro
         e->logit_rows = opts.max_seqs > 64 ? opts.max_seqs : 64;
         if ((size_t)e->logit_rows > T) e->logit_rows = (int)T;
         SCRATCH(e->logits, (size_t)e->logit_rows * c->vocab_size)
+        SCRATCH(e->ids, e->logit_rows)
     }
     size_t max_blocks = ((size_t)c->context_len + opts.block_size - 1) / opts.block_size;
     e->meta_cap = 4 * T + (size_t)opts.max_seqs * max_blocks;
@@ -331,6 +333,7 @@ void engine_free(engine *e) {
         float *bufs[] = {e->inv_freq, e->x, e->h, e->q, e->kk, e->vv, e->att,
                          e->gate, e->up, e->rows, e->logits};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kernel_free(e->k, bufs[i]);
+        kernel_free(e->k, e->ids);
         if (e->dmeta != e->meta) kernel_free(e->k, e->dmeta);
     }
     kernel_ops_free(e->k); /* frees the weights it placed */
@@ -427,8 +430,25 @@ static void engine_forward(void *arg) {
     kernel_matmul(k, p->logits, e->rows, &e->output, p->n_rows);
 }
 
-cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
-                          cinder_error *err) {
+/* The rows' results: their logits into the host buffer logits, or (ids) only each row's
+ * argmax, taken where the logits are (on CUDA, n_rows int32 come back instead of n_rows x
+ * vocab floats). rows: the rows' logits in backend memory; on the host they are logits. */
+static void engine_results(engine *e, const float *rows, int n_rows, float *logits, int32_t *ids) {
+    kernel_ops *k = e->k;
+    size_t vocab = (size_t)e->cfg.vocab_size;
+    if (ids && kernel_host_memory(k)) {
+        kernel_argmax(k, ids, rows, n_rows, (int)vocab);
+    } else if (ids) {
+        kernel_argmax(k, e->ids, rows, n_rows, (int)vocab);
+        kernel_download(k, ids, e->ids, (size_t)n_rows * sizeof(int32_t));
+    } else if (!kernel_host_memory(k)) {
+        kernel_download(k, logits, rows, (size_t)n_rows * vocab * sizeof(float));
+    }
+}
+
+/* engine_step, with each row's argmax in ids instead of its logits when ids is non-NULL. */
+static cinder_status engine_run(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
+                                int32_t *ids, cinder_error *err) {
     cinder_status s = engine_check_step(e, seqs, n_seqs, err);
     if (s) return s;
     const model_config *c = &e->cfg;
@@ -474,13 +494,12 @@ cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *
     if (graph) {
         s = kernel_graph_run(k, (uint64_t)n_seqs, engine_forward, &ps, err);
         if (s) return s;
-        kernel_download(k, logits, e->logits, (size_t)n_rows * c->vocab_size * sizeof(float));
+        engine_results(e, ps.logits, n_rows, logits, ids);
         return CINDER_OK;
     }
     if (!e->logits || n_rows <= e->logit_rows) {
         engine_forward(&ps);
-        if (e->logits)
-            kernel_download(k, logits, e->logits, (size_t)n_rows * c->vocab_size * sizeof(float));
+        engine_results(e, ps.logits, n_rows, logits, ids);
         return CINDER_OK;
     }
     /* More logits rows than the device buffer: the layers once, the LM head in pieces. */
@@ -493,7 +512,19 @@ cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *
     for (int r0 = 0; r0 < n_rows; r0 += e->logit_rows) {
         int nr = n_rows - r0 < e->logit_rows ? n_rows - r0 : e->logit_rows;
         kernel_matmul(k, e->logits, e->rows + (size_t)r0 * d, &e->output, nr);
-        kernel_download(k, logits + (size_t)r0 * vocab, e->logits, (size_t)nr * vocab * sizeof(float));
+        engine_results(e, e->logits, nr, logits ? logits + (size_t)r0 * vocab : NULL,
+                       ids ? ids + r0 : NULL);
     }
     return CINDER_OK;
+}
+
+cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
+                          cinder_error *err) {
+    return engine_run(e, seqs, n_seqs, logits, NULL, err);
+}
+
+cinder_status engine_step_argmax(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
+                                 int32_t *ids, cinder_error *err) {
+    CN_ASSERT(ids != NULL && (logits != NULL || !kernel_host_memory(e->k)));
+    return engine_run(e, seqs, n_seqs, logits, ids, err);
 }

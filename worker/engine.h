@@ -92,5 +92,12 @@ int engine_logit_rows(const engine_seq *seqs, int n_seqs);
  * CINDER_ERR_ARG naming the sequence and the field, before anything is computed. */
 cinder_status engine_step(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
                           cinder_error *err);
+/* The same step, returning only each logits row's argmax (the first largest; NaN never wins):
+ * ids [engine_logit_rows(seqs)]. Greedy sampling where the logits are: on CUDA the rows'
+ * argmax comes back instead of the rows (4 bytes a row, not 4 x vocab). logits: scratch the
+ * size engine_step's would be where the backend's memory is the host's (the CPU); elsewhere
+ * unused and may be NULL. */
+cinder_status engine_step_argmax(engine *e, const engine_seq *seqs, int n_seqs, float *logits,
+                                 int32_t *ids, cinder_error *err);
 
 #endif

@@ -83,6 +83,7 @@ typedef struct worker {
     sampler *smp;
     int vocab, max_batch_tokens, max_seqs;
     float *logits;  /* [max_batch_tokens, vocab]: every row may be asked for */
+    int32_t *ids;   /* [max_batch_tokens]: each row's argmax, in greedy steps */
     float *raw_row; /* [vocab]: a row before sampling changes it (logprobs) */
     worker_seq *seqs;
     int n_seqs, cap_seqs;
@@ -264,13 +265,14 @@ static cinder_status worker_load(worker *w, const Cinder__ShardPlan *plan, cinde
     if (!w->smp) return err->status;
     w->logits = malloc((size_t)w->max_batch_tokens * (size_t)w->vocab * sizeof(float));
     w->raw_row = malloc((size_t)w->vocab * sizeof(float));
+    w->ids = malloc((size_t)w->max_batch_tokens * sizeof *w->ids);
     w->eseqs = calloc((size_t)w->max_seqs, sizeof *w->eseqs);
     w->results = calloc((size_t)w->max_seqs, sizeof *w->results);
     w->result_ptrs = calloc((size_t)w->max_seqs, sizeof *w->result_ptrs);
     w->sampled = calloc((size_t)w->max_seqs, sizeof *w->sampled);
     w->lps = calloc((size_t)w->max_seqs, sizeof *w->lps);
-    if (!w->logits || !w->raw_row || !w->eseqs || !w->results || !w->result_ptrs || !w->sampled ||
-        !w->lps)
+    if (!w->logits || !w->raw_row || !w->ids || !w->eseqs || !w->results || !w->result_ptrs ||
+        !w->sampled || !w->lps)
         return cinder_error_set(err, CINDER_ERR_NOMEM, "out of memory for the step buffers");
     return CINDER_OK;
 }
@@ -442,6 +444,33 @@ static float worker_logprob(const float *row, int vocab, int32_t token) {
 /* ------------------------------------------------------------------------------------------ */
 /* Steps */
 
+/* A sequence's sampling settings: the defaults, or what the step carries. */
+static sampler_params worker_sampler_params(const Cinder__StepSeq *q) {
+    sampler_params p = sampler_params_default();
+    if (q->sampling) {
+        p.temperature = q->sampling->temperature;
+        p.top_k = q->sampling->top_k;
+        p.top_p = q->sampling->top_p;
+        p.min_p = q->sampling->min_p;
+        p.repetition_penalty = q->sampling->repetition_penalty;
+        p.seed = q->sampling->seed;
+    }
+    return p;
+}
+
+/* Whether every sequence the step samples for is plain greedy (temperature 0, no repetition
+ * penalty, no logprobs): then each row's argmax, taken by the backend where the logits are,
+ * is its sample, and on CUDA only the argmax comes back to the host (not vocab floats a row). */
+static bool worker_step_greedy(const Cinder__Step *st) {
+    for (size_t i = 0; i < st->n_seqs; i++) {
+        const Cinder__StepSeq *q = st->seqs[i];
+        if (!q->sample) continue;
+        sampler_params p = worker_sampler_params(q);
+        if (p.temperature != 0 || p.repetition_penalty != 1.0f || q->logprobs) return false;
+    }
+    return true;
+}
+
 static cinder_status worker_run_step(worker *w, const Cinder__Step *st, Cinder__StepResult *res,
                                      Cinder__SeqResult *results, Cinder__SeqResult **result_ptrs,
                                      int32_t *sampled, float *lps, cinder_error *err) {
@@ -474,35 +503,35 @@ static cinder_status worker_run_step(worker *w, const Cinder__Step *st, Cinder__
     if (rows > w->max_batch_tokens)
         return cinder_error_set(err, CINDER_ERR_ARG, "a step asking for %d logit rows; at most %d",
                                 rows, w->max_batch_tokens);
-    cinder_status status = engine_step(w->e, w->eseqs, (int)st->n_seqs, w->logits, err);
+    bool greedy = worker_step_greedy(st);
+    cinder_status status =
+        greedy ? engine_step_argmax(w->e, w->eseqs, (int)st->n_seqs, w->logits, w->ids, err)
+               : engine_step(w->e, w->eseqs, (int)st->n_seqs, w->logits, err);
     if (status) return status;
 
     int row = 0;
     for (size_t i = 0; i < st->n_seqs; i++) {
         const Cinder__StepSeq *q = st->seqs[i];
         int n_rows = q->all_logits ? q->n_tokens : 1;
-        float *logits = w->logits + (size_t)(row + n_rows - 1) * (size_t)w->vocab;
+        int last = row + n_rows - 1;
+        float *logits = w->logits + (size_t)last * (size_t)w->vocab;
         row += n_rows;
         Cinder__SeqResult *r = &results[i];
         cinder__seq_result__init(r);
         r->seq_id = q->seq_id;
         result_ptrs[i] = r;
         if (!q->sample) continue;
-        worker_seq *s = worker_seq_find(w, q->seq_id);
-        sampler_params p = sampler_params_default();
-        if (q->sampling) {
-            p.temperature = q->sampling->temperature;
-            p.top_k = q->sampling->top_k;
-            p.top_p = q->sampling->top_p;
-            p.min_p = q->sampling->min_p;
-            p.repetition_penalty = q->sampling->repetition_penalty;
-            p.seed = q->sampling->seed;
+        r->n_tokens = 1;
+        r->tokens = &sampled[i];
+        if (greedy) {
+            sampled[i] = w->ids[last];
+            continue;
         }
+        worker_seq *s = worker_seq_find(w, q->seq_id);
+        sampler_params p = worker_sampler_params(q);
         if (q->logprobs) memcpy(w->raw_row, logits, (size_t)w->vocab * sizeof(float));
         sampled[i] = sampler_sample(w->smp, &p, &s->rng, logits, s->history, s->n_history);
         if (p.temperature > 0) s->draws++;
-        r->n_tokens = 1;
-        r->tokens = &sampled[i];
         if (q->logprobs) {
             lps[i] = worker_logprob(w->raw_row, w->vocab, sampled[i]);
             r->n_logprobs = 1;
@@ -592,6 +621,7 @@ static void worker_free(worker *w) {
     free(w->results);
     free(w->result_ptrs);
     free(w->sampled);
+    free(w->ids);
     free(w->lps);
     free(w->logits);
     free(w->raw_row);

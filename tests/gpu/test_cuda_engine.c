@@ -112,6 +112,13 @@ int main(int argc, char **argv) {
     printf("%s: prefill %d positions: argmax agreement %d/%d, worst row error %.3g\n", path, N,
            agree, N, worst);
     CHECK_MSG(agree >= min_agree * N, "prefill agreement %d/%d", agree, N);
+    /* the same step again (it rewrites the same K and V), only each row's argmax coming back:
+     * that of the logits above (N rows: past the device's logits buffer, in pieces) */
+    int32_t *ids = malloc((size_t)N * sizeof *ids);
+    int same = 0;
+    CHECK(engine_step_argmax(eg, &s, 1, NULL, ids, &err) == CINDER_OK);
+    for (int p = 0; p < N; p++) same += ids[p] == argmax(lg + (size_t)p * V, V);
+    CHECK_MSG(same == N, "engine_step_argmax: %d of %d rows as the logits' argmax", same, N);
     if (max_rel >= 0) CHECK_MSG(worst <= max_rel, "prefill error %.3g > %.3g", worst, max_rel);
 
     /* 2. decode steps, two sequences at once in scattered blocks (interleaved tables) */
@@ -125,12 +132,14 @@ int main(int argc, char **argv) {
     engine_seq s2[2];
     for (int q = 0; q < 2; q++) s2[q] = (engine_seq){tok, pre, 0, bt2[q], nb, false};
     CHECK(engine_step(eg, s2, 2, step, &err) == CINDER_OK);
-    int agree2 = 0, total2 = 0;
+    CHECK(engine_step_argmax(eg, s2, 2, NULL, ids, &err) == CINDER_OK);
+    int agree2 = 0, total2 = 0, same2 = 0;
     double worst2 = 0;
     for (int p = pre - 1; p < N; p++) {
         for (int q = 0; q < 2; q++) {
             const float *want = lc + (size_t)p * V, *got = step + (size_t)q * V;
             agree2 += argmax(got, V) == argmax(want, V);
+            same2 += ids[q] == argmax(got, V);
             total2++;
             double e = row_rel(got, want, V);
             if (!(e <= worst2)) worst2 = e;
@@ -138,7 +147,8 @@ int main(int argc, char **argv) {
         if (p + 1 >= N) break;
         for (int q = 0; q < 2; q++) s2[q] = (engine_seq){tok + p + 1, 1, p + 1, bt2[q], nb, false};
         memset(step, 0xff, 2 * (size_t)V * sizeof(float));
-        if (engine_step(eg, s2, 2, step, &err) != CINDER_OK) {
+        if (engine_step(eg, s2, 2, step, &err) != CINDER_OK ||
+            engine_step_argmax(eg, s2, 2, NULL, ids, &err) != CINDER_OK) {
             CHECK_MSG(0, "decode step at %d: %s", p + 1, err.msg);
             break;
         }
@@ -147,8 +157,10 @@ int main(int argc, char **argv) {
            path, total2 / 2, agree2, total2, worst2);
     CHECK_MSG(agree2 >= min_agree * total2, "decode agreement %d/%d", agree2, total2);
     if (max_rel >= 0) CHECK_MSG(worst2 <= max_rel, "decode error %.3g > %.3g", worst2, max_rel);
+    CHECK_MSG(same2 == total2, "engine_step_argmax in decode: %d of %d rows as the logits' argmax",
+              same2, total2);
 
-    free(step), free(bt2[0]), free(bt2[1]), free(lc), free(lg), free(bt), free(tok);
+    free(ids), free(step), free(bt2[0]), free(bt2[1]), free(lc), free(lg), free(bt), free(tok);
     engine_free(eg);
     engine_free(ec);
     model_free(m);
