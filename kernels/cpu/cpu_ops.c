@@ -403,13 +403,13 @@ static gemm_job cpu_gemm_job(const cpu_ctx *c, float *out, const float *x, const
     return j;
 }
 
-/* Rows per range of a weight of `rows` rows: about 4 ranges per thread to even out uneven
+/* Rows per range of a weight of `rows` rows: about 8 ranges per thread to even out uneven
  * threads, but a multiple of 2 * CPU_PACK_ROWS: the prepared tiles start on a group, and the
  * AVX2 GEMM's fast tile takes two groups at once (an odd group runs a slower one-group tile). */
 static int64_t cpu_gemm_grain(const cpu_ctx *c, int64_t rows) {
     const int64_t unit = 2 * CPU_PACK_ROWS;
     int nt = cpu_pool_n_threads(c->pool);
-    int64_t grain = (rows + 4 * nt - 1) / (4 * nt);
+    int64_t grain = (rows + 8 * nt - 1) / (8 * nt);
     return (grain + unit - 1) / unit * unit;
 }
 
