@@ -2,18 +2,20 @@
 """Serving benchmark: requests with Poisson arrivals and mixed prompt/output lengths against a
 real cluster (cinder-coordinator + one cinder-worker rank, under mpirun or started directly:
 tests/cluster/cluster.py), once with continuous batching and once with static batches
-(--no-continuous-batching), the same workload both times.
+(--no-continuous-batching: a batch keeps its shape until its longest request ends), the same
+workload each time; --mode all adds static batches whose ended requests leave at once
+(--static-early-exit).
 
     bench/bench_serving.py --model PATH [--requests 64] [--rate 32] [--concurrency 32]
-                           [--threads 2] [--seed 1] [--mode both|continuous|static]
+                           [--threads 2] [--seed 1] [--mode both|all|continuous|static|static-exit]
                            [--device cpu|cuda] [--no-mpirun] [--worker-arg ARG]... [--tsv FILE]
                            [--temperature T] [--kv-mib MIB] [--kv-type f32|f16|bf16]
 
 Prints per mode: makespan, output tokens/s, requests/s, time to first token and time per
-output token (p50, p99, measured at the client from each request's arrival), then the ratio
-of the two. Prompts are random token ids (16..256 tokens, log-uniform), outputs 16..256
-tokens (log-uniform) with ignore_eos so every request makes exactly its length; greedy unless
---temperature (seeded sampling). The model's tokenizer must know every id below 40000 (the
+output token (p50, p99, measured at the client from each request's arrival), then the ratios
+of continuous batching to each static mode. Prompts are random token ids (16..256 tokens,
+log-uniform), outputs 16..256 tokens (log-uniform) with ignore_eos so every request makes
+exactly its length; greedy unless --temperature (seeded sampling). The model's tokenizer must know every id below 40000 (the
 prompts' ids, and the ids it may sample). --tsv appends the throughputs, their ratio and the
 p99 TTFTs as name/value/unit/ratio/note lines (tests/gpu/run.sh). Not a test: no figure passes
 or fails; the exit status is 1 only when requests did not make their tokens.
@@ -128,7 +130,7 @@ def report(name, res, t0):
     row = dict(mode=name, n=len(ok), span=span, tok_s=toks / span, req_s=len(ok) / span,
                ttft50=percentile(ttft, 50), ttft99=percentile(ttft, 99),
                tpot50=percentile(tpot, 50), tpot99=percentile(tpot, 99))
-    print(f"{name:<11} {row['n']:>4} {span:>8.1f} {row['tok_s']:>10.1f} {row['req_s']:>7.2f} "
+    print(f"{name:<12} {row['n']:>4} {span:>8.1f} {row['tok_s']:>10.1f} {row['req_s']:>7.2f} "
           f"{row['ttft50']:>9.0f} {row['ttft99']:>9.0f} {row['tpot50']:>8.1f} {row['tpot99']:>8.1f}",
           flush=True)
     return row
@@ -143,7 +145,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--mode", choices=["both", "continuous", "static"], default="both")
+    ap.add_argument("--mode", choices=["both", "all", "continuous", "static", "static-exit"],
+                    default="both", help="both: continuous and static; all: static-exit too")
     ap.add_argument("--max-batch-tokens", type=int, default=512)
     ap.add_argument("--prompt-max", type=int, default=256, help="longest prompt (log-uniform from 16)")
     ap.add_argument("--output-max", type=int, default=256, help="longest output (log-uniform from 16)")
@@ -175,15 +178,18 @@ def main():
           f"{a.device}, {a.threads} threads, {a.kv_type.upper()} KV, "
           f"{'without' if not use_mpirun(1, mpirun) else 'under'} "
           f"mpirun; load {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':<11} {'reqs':>4} {'span s':>8} {'out tok/s':>10} {'req/s':>7} "
+    print(f"{'mode':<12} {'reqs':>4} {'span s':>8} {'out tok/s':>10} {'req/s':>7} "
           f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>8} {'TPOT p99':>8}   (ms)")
     rows, failed = {}, False
-    modes = ["continuous", "static"] if a.mode == "both" else [a.mode]
+    modes = {"both": ["continuous", "static"],
+             "all": ["continuous", "static", "static-exit"]}.get(a.mode, [a.mode])
     for mode in modes:
         args = ["--max-batch-tokens", str(a.max_batch_tokens), "--max-seqs", str(a.concurrency),
                 "--kv-mib", str(a.kv_mib), "--kv-type", a.kv_type]
-        if mode == "static":
+        if mode != "continuous":
             args.append("--no-continuous-batching")
+        if mode == "static-exit":
+            args.append("--static-early-exit")
         wargs = ["--threads", str(a.threads), "--device", a.device, *a.worker_arg]
         with Cluster(a.model, coordinator_args=args, worker_args=wargs, mpirun=mpirun) as cl:
             with cl.client() as c:  # warm up: the first step pays for page faults
@@ -193,10 +199,13 @@ def main():
             failed |= row is None or row["n"] < len(reqs)
             if row:
                 rows[mode] = row
-    if len(rows) == 2:
-        c, s = rows["continuous"], rows["static"]
-        print(f"continuous / static: throughput {c['tok_s'] / s['tok_s']:.2f}x (target >= 2x), "
-              f"p99 TTFT {c['ttft99'] / s['ttft99']:.2f}x (target < 1)")
+    c = rows.get("continuous")
+    for name in ("static", "static-exit"):
+        s = rows.get(name)
+        if c and s:
+            print(f"continuous / {name}: throughput {c['tok_s'] / s['tok_s']:.2f}x"
+                  f"{' (target >= 2x)' if name == 'static' else ''}, "
+                  f"p99 TTFT {c['ttft99'] / s['ttft99']:.2f}x (target < 1)")
     if a.tsv:
         write_tsv(a.tsv, rows, a)
     return 1 if failed else 0
@@ -211,7 +220,7 @@ def write_tsv(path, rows, a):
     if a.kv_type != "f32":
         what += f", {a.kv_type.upper()} KV"
     lines = []
-    for name, r in (("continuous", c), ("static", s)):
+    for name, r in (("continuous", c), ("static", s), ("static-exit", rows.get("static-exit"))):
         if not r:
             continue
         lines.append((f"serving {name} {a.device}", r["tok_s"], "tok/s",

@@ -30,6 +30,7 @@ typedef struct coord_args {
     int64_t kv_blocks, block_size, max_batch_tokens, max_seqs, max_queue, kv_mib;
     int64_t heartbeat_timeout_ms, max_conns;
     bool no_continuous_batching;
+    bool static_early_exit; /* static batches whose finished members leave the steps */
 } coord_args;
 
 /* A client connection (one DEALER socket on the client's side). */
@@ -91,6 +92,9 @@ typedef struct request {
     uint64_t t_arrival, t_scheduled, t_first, t_last, deadline; /* us; deadline 0: none */
     Cinder__FinishReason pending_finish; /* cancel/timeout while in a step: applied after it */
     char pending_msg[256];
+    /* A static batch's slot whose request has ended (--no-continuous-batching): no client, its
+     * sequence keeps decoding (output dropped) until the batch's last request ends. */
+    bool padding;
 } request;
 
 typedef struct group_rank {
@@ -109,7 +113,7 @@ struct group {
     kvm *kv;           /* while READY */
     int block_size, n_blocks, max_batch_tokens, max_seqs;
     request *run_head, *run_tail;
-    int n_running;
+    int n_running, n_padding; /* n_padding of the n_running are padding slots */
     bool in_flight;
     uint64_t step_id, step_sent_us, steps;
     request **step_reqs; /* [n_step_reqs] the requests of the step in flight */
@@ -191,6 +195,13 @@ void sched_run(coord *co);
 void sched_on_result(coord *co, group *g, const Cinder__StepResult *res);
 /* Takes r off its group (blocks freed, workers told to forget it). */
 void sched_detach(coord *co, request *r);
+/* Static batches that keep their shape (--no-continuous-batching without --static-early-exit):
+ * r, running and ending for reason while other requests of its batch run, leaves a padding
+ * slot in its place that takes over its sequence; returns whether it did (r is then off the
+ * group, as after sched_detach). */
+bool sched_pad(coord *co, request *r, Cinder__FinishReason reason);
+/* Ends a padding slot: off the group, freed. */
+void sched_pad_drop(coord *co, request *p);
 /* A lost group: its running requests go back to the queue front, to be recomputed. */
 void sched_group_lost(coord *co, group *g);
 void request_free(request *r);

@@ -216,12 +216,17 @@ int main(int argc, char **argv) {
         {"heartbeat-timeout-ms", CLI_INT, &a->heartbeat_timeout_ms, "20000", 100, 3600000, "MS",
          "a group silent this long is lost", false},
         {"no-continuous-batching", CLI_FLAG, &a->no_continuous_batching, NULL, 0, 0, NULL,
-         "static batches: admit requests only when the group runs none (for comparison)", false},
+         "static batches, for comparison: requests are admitted only when the group runs none, "
+         "and a batch keeps its shape until its longest request ends (an ended request's slot "
+         "goes on decoding, output dropped, as in a fixed-shape batch)",
+         false},
+        {"static-early-exit", CLI_FLAG, &a->static_early_exit, NULL, 0, 0, NULL,
+         "with --no-continuous-batching: an ended request leaves the batch's steps at once", false},
     };
     const char *usage = "cinder-coordinator --model PATH [--listen ENDPOINT] [--control ENDPOINT] "
                         "[--kv-blocks N | --kv-mib MIB] [--kv-type f32|f16|bf16] [--block-size N] "
                         "[--max-batch-tokens N] "
-                        "[--no-continuous-batching]";
+                        "[--no-continuous-batching [--static-early-exit]]";
     cinder_error err = {0};
     int n_pos;
     switch (cli_parse(opts, N_OPTS(opts), argc - 1, argv + 1, NULL, 0, &n_pos, &err)) {
@@ -235,6 +240,13 @@ int main(int argc, char **argv) {
             fprintf(stderr, "cinder-coordinator: %s\nusage: %s\n", err.msg, usage);
             return 2;
         case CLI_RESULT_OK: break;
+    }
+    if (a->static_early_exit && !a->no_continuous_batching) {
+        fprintf(stderr,
+                "cinder-coordinator: --static-early-exit needs --no-continuous-batching\n"
+                "usage: %s\n",
+                usage);
+        return 2;
     }
     if (!kv_cache_type_parse(a->kv_type, &co.kv_type) ||
         !proto_kv_type_from_dtype(co.kv_type, &co.kv_wire)) {

@@ -197,9 +197,13 @@ bool front_on_token(coord *co, request *r, int32_t token, float logprob, bool ha
 
 void front_finish(coord *co, request *r, Cinder__FinishReason reason, const char *msg) {
     CN_ASSERT(r->step_tokens == 0);
+    if (r->padding) { /* no client: a static batch's slot (scheduler.c) */
+        sched_pad_drop(co, r);
+        return;
+    }
     if (r->state == REQ_WAITING)
         sched_dequeue(co, r);
-    else
+    else if (!sched_pad(co, r, reason))
         sched_detach(co, r);
     /* What the decoder and the stop matcher still hold. */
     if (!r->text_stopped) {

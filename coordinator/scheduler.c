@@ -11,7 +11,10 @@
  *      of the queue is never overtaken (FCFS). With several groups, a request goes to the group
  *      where it costs least: its uncached prompt tokens plus a charge per running sequence.
  *      With continuous batching off, requests are admitted only when the group runs nothing
- *      (static batches).
+ *      (static batches), and a batch keeps its shape until its last request ends: a request
+ *      that ends before leaves a padding slot that goes on decoding its sequence, output
+ *      dropped (sched_pad), as a fixed-shape batch does (FasterTransformer, Hugging Face
+ *      generate). --static-early-exit drops that: ended requests leave the steps at once.
  * The results come back as one sampled token per sequence whose step reached its last token. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,14 +121,95 @@ static void sched_preempt(coord *co, request *r) {
     co->n_waiting++;
 }
 
+/* Appends token to a padding slot's sequence. */
+static bool pad_append(request *p, int32_t token) {
+    if (!grow((void **)&p->tokens, &p->cap_tokens, p->n_tokens + 1, sizeof *p->tokens))
+        return false;
+    p->tokens[p->n_tokens++] = token;
+    return true;
+}
+
+bool sched_pad(coord *co, request *r, Cinder__FinishReason reason) {
+    if (!co->a.no_continuous_batching || co->a.static_early_exit || r->state != REQ_RUNNING ||
+        r->padding || reason == CINDER__FINISH_REASON__FINISH_REASON_ERROR)
+        return false;
+    group *g = r->g;
+    if (g->n_running - g->n_padding < 2 || r->n_tokens >= co->ctx) return false;
+    request *p = calloc(1, sizeof *p);
+    if (!p) return false;
+    snprintf(p->id, sizeof p->id, "(padding of sequence %llu)", (unsigned long long)r->seq_id);
+    p->state = REQ_RUNNING;
+    p->padding = true;
+    p->seq_id = r->seq_id;
+    p->n_prompt = r->n_prompt;
+    p->g = g;
+    p->n_computed = r->n_computed;
+    p->on_worker = r->on_worker;
+    p->sp = r->sp;
+    p->has_sampling = r->has_sampling;
+    p->rng_draws = r->rng_draws;
+    /* the sequence, its blocks and what the workers hold move over */
+    p->tokens = r->tokens, p->n_tokens = r->n_tokens, p->cap_tokens = r->cap_tokens;
+    p->kv = r->kv;
+    p->sent_table = r->sent_table, p->n_sent = r->n_sent, p->cap_sent = r->cap_sent;
+    r->tokens = NULL, r->n_tokens = r->cap_tokens = 0;
+    r->kv = NULL;
+    r->sent_table = NULL, r->n_sent = r->cap_sent = 0;
+    r->on_worker = false;
+    /* A request that ended on a stop token did not keep it: the slot decodes it next. */
+    if (p->n_tokens == p->n_computed) {
+        int32_t t = co->n_eos_ids ? co->eos_ids[0] : p->tokens[p->n_tokens - 1];
+        if (!pad_append(p, t)) {
+            /* no memory: give the sequence back and end it as an early exit would */
+            r->tokens = p->tokens, r->n_tokens = p->n_tokens, r->cap_tokens = p->cap_tokens;
+            r->kv = p->kv;
+            r->sent_table = p->sent_table, r->n_sent = p->n_sent, r->cap_sent = p->cap_sent;
+            r->on_worker = p->on_worker;
+            free(p);
+            return false;
+        }
+    }
+    /* in r's place in the running list */
+    p->prev = r->prev, p->next = r->next;
+    if (r->prev)
+        r->prev->next = p;
+    else
+        g->run_head = p;
+    if (r->next)
+        r->next->prev = p;
+    else
+        g->run_tail = p;
+    r->prev = r->next = NULL;
+    r->g = NULL;
+    g->n_padding++;
+    return true;
+}
+
+void sched_pad_drop(coord *co, request *p) {
+    CN_ASSERT(p->padding);
+    if (p->g) p->g->n_padding--;
+    sched_detach(co, p);
+    request_free(p);
+}
+
+/* A static batch whose last request has ended: its padding slots end too. */
+static void pad_release(coord *co, group *g) {
+    if (g->n_padding == 0 || g->n_running > g->n_padding) return;
+    while (g->run_head) sched_pad_drop(co, g->run_head);
+}
+
 void sched_group_lost(coord *co, group *g) {
     /* Requeue in arrival order: walk from the tail, each to the queue front. */
     while (g->run_tail) {
         request *r = g->run_tail;
         r->step_tokens = 0;
         r->on_worker = false; /* the workers are gone; nothing to release */
-        if (r->pending_finish) front_finish(co, r, r->pending_finish, r->pending_msg);
-        else sched_preempt(co, r);
+        if (r->padding)
+            sched_pad_drop(co, r);
+        else if (r->pending_finish)
+            front_finish(co, r, r->pending_finish, r->pending_msg);
+        else
+            sched_preempt(co, r);
     }
     g->in_flight = false;
     g->n_step_reqs = 0;
@@ -162,11 +246,11 @@ static bool plan_add(plan *p, request *r, int chunk) {
     return true;
 }
 
-/* Step 1: blocks for every token of every running sequence, preempting when they run out. */
+/* Step 1: blocks for every token of every running sequence, preempting when they run out. A
+ * padding slot never preempts a request: it ends instead, and it is the first to go. */
 static void plan_grow_running(coord *co, group *g) {
-    request *r = g->run_head;
-    while (r) {
-        bool preempted_self = false;
+    for (request *r = g->run_head, *next; r; r = next) {
+        next = r->next;
         for (;;) {
             int have = kvm_seq_n_tokens(r->kv);
             if (have >= r->n_tokens) break;
@@ -174,6 +258,10 @@ static void plan_grow_running(coord *co, group *g) {
             if (kvm_seq_append(g->kv, r->kv, r->tokens + have, r->n_tokens - have, &err) ==
                 CINDER_OK)
                 break;
+            if (r->padding) {
+                sched_pad_drop(co, r);
+                break;
+            }
             request *victim = g->run_tail;
             if (victim == r && g->run_head == r) {
                 /* Alone and still too big: no preemption can help. */
@@ -183,17 +271,15 @@ static void plan_grow_running(coord *co, group *g) {
                          "tokens",
                          g->n_blocks, g->block_size, r->n_tokens);
                 front_finish(co, r, CINDER__FINISH_REASON__FINISH_REASON_ERROR, msg);
-                preempted_self = true;
                 break;
             }
-            sched_preempt(co, victim);
-            if (victim == r) {
-                preempted_self = true;
-                break;
-            }
+            if (victim == next) next = NULL; /* the tail: nothing after it */
+            if (victim->padding)
+                sched_pad_drop(co, victim);
+            else
+                sched_preempt(co, victim);
+            if (victim == r) break;
         }
-        if (preempted_self) break; /* r was the tail: nothing after it is left */
-        r = r->next;
     }
 }
 
@@ -265,6 +351,7 @@ static void plan_admit(coord *co, group *g, plan *p) {
 static void plan_make(coord *co, group *g, plan *p) {
     p->budget = g->max_batch_tokens;
     p->max_seqs = g->max_seqs;
+    pad_release(co, g);
     plan_grow_running(co, g);
     /* Decodes first, then prefill chunks already under way, in admission order. */
     for (int pass = 0; pass < 2; pass++)
@@ -452,6 +539,10 @@ void sched_on_result(coord *co, group *g, const Cinder__StepResult *res) {
         if (!sr || sr->n_tokens != 1 || sr->tokens[0] >= co->vocab) {
             front_finish(co, r, CINDER__FINISH_REASON__FINISH_REASON_ERROR,
                          "the worker returned no valid token for this sequence");
+            continue;
+        }
+        if (r->padding) { /* the output is dropped; the sequence goes on to the context's end */
+            if (!pad_append(r, sr->tokens[0]) || r->n_tokens >= co->ctx) sched_pad_drop(co, r);
             continue;
         }
         bool has_lp = sr->n_logprobs == 1;

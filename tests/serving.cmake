@@ -1,11 +1,11 @@
 # Serving against a real cluster (cinder-coordinator + mpirun cinder-worker, the real model):
 # continuous batching equal to alone, prefix cache, preemption, cancel/timeout/disconnect, bad
 # input, a worker started without mpirun, clients that outlive a coordinator restart, an F16 KV
-# cache (--kv-type) and the refusals around it. One ctest per scenario; skipped (77) without the
+# cache (--kv-type) and the refusals around it, static batches (--no-continuous-batching). One ctest per scenario; skipped (77) without the
 # model or the programs (one-rank groups start without mpirun where it is not installed).
 if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
   foreach(scenario concurrency prefix preemption lifecycle bad_input failover no_mpirun restart
-                   kv_type kv_type_errors)
+                   kv_type kv_type_errors static)
     add_test(NAME test_serving_${scenario}
              COMMAND ${CINDER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_serving.py
                      ${CINDER_DEFAULT_MODEL} ${scenario})
@@ -16,7 +16,8 @@ if(CINDER_PY_ENV AND TARGET cinder-coordinator AND TARGET cinder-worker)
   # The coordinator's handling of bad input, cancel, timeout and disconnects again under ASan +
   # UBSan (scripts/test.sh points CINDER_WORKER_BIN at the optimized build's worker).
   set_tests_properties(test_serving_bad_input test_serving_lifecycle test_serving_preemption
-                       test_serving_kv_type_errors PROPERTIES LABELS "cluster;sanitize")
+                       test_serving_kv_type_errors test_serving_static
+                       PROPERTIES LABELS "cluster;sanitize")
 endif()
 
 # cinder-worker's refusals, checked without a coordinator: an unknown --device; --device cuda

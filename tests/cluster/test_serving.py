@@ -5,7 +5,7 @@ model, real sockets.
 
     test_serving.py MODEL SCENARIO     (SCENARIO: concurrency, prefix, preemption, lifecycle,
                                         bad_input, failover, no_mpirun, restart, kv_type,
-                                        kv_type_errors)
+                                        kv_type_errors, static)
 
 Every scenario ends by checking that the KV pool is whole again (no block used, nothing running
 or waiting). Exit 77 (ctest SKIP) when the model or the programs are missing.
@@ -186,6 +186,71 @@ def scenario_preemption(model):
         check(st.preemptions > before, f"requests were preempted ({st.preemptions - before} times)")
         check(all(r is not None for r in together), "every request finished")
         compare(alone, together, "under preemption")
+
+
+def run_static_batch(cl, reqs):
+    """Sends a request that holds the group, then reqs while it runs, so that a static batch
+    takes them all at once; polls Status until they are done. Returns their Results and the
+    largest excess of running sequences over the requests not yet done at the client."""
+    out = [None] * len(reqs)
+    errors = []
+
+    def one(i, req, store):
+        try:
+            with Client(cl.endpoint, timeout_ms=300000) as c:
+                store[i] = c.generate(stream=True, **req).collect()
+        except Exception as e:  # reported below
+            errors.append((i, e))
+
+    holder = [None]
+    h = threading.Thread(target=one, args=(0, dict(chat=[("user", prompt_of(99, 2))],
+                                                   max_tokens=24, temperature=0.0), holder))
+    h.start()
+    while cl.status().running_seqs == 0:
+        time.sleep(0.01)
+    threads = [threading.Thread(target=one, args=(i, r, out)) for i, r in enumerate(reqs)]
+    for t in threads:
+        t.start()
+    h.join()
+    excess = -len(reqs)
+    while any(t.is_alive() for t in threads):
+        st = cl.status()
+        not_done = sum(1 for r in out if r is None)
+        excess = max(excess, st.running_seqs - not_done)
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    for i, e in errors:
+        check(False, f"request {i} raised {e!r}")
+    return out, excess
+
+
+def scenario_static(model):
+    """Static batches (--no-continuous-batching): a batch of 8 requests (6 short, 2 long)
+    gives each the output it has alone; while the long ones run, the short ones' slots stay in
+    the steps (Status counts them running: a fixed-shape batch) and end with the batch; with
+    --static-early-exit they leave at once. The pool is whole again after each."""
+    reqs = [dict(chat=[("user", prompt_of(i, 1 + i % 3))], max_tokens=4 if i < 6 else 96,
+                 temperature=0.0) for i in range(8)]
+    reqs[2].update(temperature=0.9, seed=42)
+    reqs[7].update(temperature=0.8, top_p=0.9, seed=7)
+    for mode, args in (("padded", ["--no-continuous-batching"]),
+                       ("early exit", ["--no-continuous-batching", "--static-early-exit"])):
+        with Cluster(model, coordinator_args=args) as cl:
+            alone = run_requests(cl.endpoint, reqs, concurrent=False)
+            together, excess = run_static_batch(cl, reqs)
+            compare(alone, together, f"static batch ({mode})")
+            if mode == "padded":
+                check(excess >= 4, f"padded: ended requests' slots stay in the batch until it "
+                                   f"ends (running - not done reached {excess}, want >= 4)")
+            else:
+                check(excess <= 0, f"early exit: ended requests leave the batch at once "
+                                   f"(running - not done reached {excess}, want <= 0)")
+            check_pool_whole(cl, f"after the static batch ({mode})")
+    bad = subprocess.run([programs()[0], "--model", model, "--static-early-exit"],
+                         capture_output=True, text=True, timeout=60)
+    check(bad.returncode == 2 and "--no-continuous-batching" in bad.stderr,
+          f"--static-early-exit alone is refused (exit {bad.returncode}: {bad.stderr.strip()[:80]!r})")
 
 
 def raw_socket(endpoint, hello=True):
@@ -688,6 +753,7 @@ SCENARIOS = {
     "restart": scenario_restart,
     "kv_type": scenario_kv_type,
     "kv_type_errors": scenario_kv_type_errors,
+    "static": scenario_static,
 }
 
 
