@@ -542,6 +542,7 @@ void sched_on_result(coord *co, group *g, const Cinder__StepResult *res) {
             continue;
         }
         if (r->padding) { /* the output is dropped; the sequence goes on to the context's end */
+            if (r->sp.temperature > 0) r->rng_draws++; /* as front_on_token: the workers' stream */
             if (!pad_append(r, sr->tokens[0]) || r->n_tokens >= co->ctx) sched_pad_drop(co, r);
             continue;
         }
