@@ -152,10 +152,11 @@ static int n_levels;
 static void levels_open(void) {
     cinder_error err = {0};
 #ifdef TEST_AVX512_EMULATED
-    const cpu_simd_table *tables[] = {&cpu_simd_scalar, &cpu_simd_avx512_emulated};
-    for (int l = 0; l < 2; l++) {
+    /* AVX2 beside the emulated AVX-512 kernels: their 16-bit matmuls must agree bit for bit */
+    const cpu_simd_table *tables[] = {&cpu_simd_scalar, &cpu_simd_avx2, &cpu_simd_avx512_emulated};
+    for (int l = 0; l < 3; l++) {
         if (l == 1 && !kernel_cpu_simd_supported(KERNEL_SIMD_AVX2)) {
-            printf("skipping the emulated AVX-512 kernels: they need AVX2 to run\n");
+            printf("skipping the AVX2 and emulated AVX-512 kernels: they need AVX2 to run\n");
             break;
         }
         levels[n_levels].name = tables[l]->name;
@@ -342,6 +343,20 @@ static void check_matmul(dtype type, int64_t rows, int64_t cols, int n) {
             bad_batch += memcmp(alone, out[l][a][0] + (n - 1) * rows, rows * sizeof *alone) != 0;
         }
     free(alone);
+    /* The AVX2 and AVX-512 16-bit matmuls do the same float operations in the same order on
+     * exact integer sums: the same bits. */
+    int bad_x86 = 0;
+    for (int l = 0; quant && l < n_levels; l++)
+        for (int k = 0; k < n_levels; k++)
+            if (strcmp(levels[l].name, "cpu-avx2") == 0 &&
+                strncmp(levels[k].name, "cpu-avx512", 10) == 0 &&
+                memcmp(out[l][ACT_ACCURATE][0], out[k][ACT_ACCURATE][0], out_n * sizeof(float)) !=
+                    0 &&
+                bad_x86++ < 5)
+                fprintf(stderr, "%s [%lld x %lld] n=%d: %s and %s differ\n", dtype_name(type),
+                        (long long)rows, (long long)cols, n, levels[l].name, levels[k].name);
+    CHECK_MSG(bad_x86 == 0, "%s [%lld x %lld] n=%d: AVX2 and AVX-512 16-bit matmuls differ",
+              dtype_name(type), (long long)rows, (long long)cols, n);
     /* a prepared weight (the backend's own layout, where it has one) gives the same bits */
     int bad_prepared = 0;
     float *prep_out = malloc(out_n * sizeof *prep_out);

@@ -9,6 +9,7 @@
  * madd on 8 bits. */
 #include <string.h>
 
+#include "cpu_q16_layout.h"
 #include "cpu_simd.h"
 
 #ifdef CPU_SIMD_X86
@@ -279,53 +280,6 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
  * the tile, the thread count or the batch. Weights in the file's layout (not prepared) are
  * transposed block by block into the same form first: same bits again. */
 
-/* Group blocks prefetched ahead (4-6 KB): a cold Q4_1 GEMV on one core streams at ~12 GB/s
- * with 6, ~15-16 with 16 to 96 (bench_kernels, AMD EPYC). Past the group's end it is the next
- * group: the prepared layout is one stream. */
-#define CPU_Q16_PREFETCH 32
-typedef struct q16_group {
-    const uint8_t *packed;             /* the group's block 0 in the prepared layout, or NULL */
-    const uint8_t *row[CPU_PACK_ROWS]; /* else each row's block 0 in the file's layout */
-} q16_group;
-
-/* value chunks (pairs of columns) in a group block */
-INLINE int q16_chunks(dtype type) {
-    return type == DTYPE_Q8_0 ? QK / 2 : QK / 4;
-}
-/* cpu_pack_group_block_bytes, as a constant the compiler sees */
-INLINE size_t q16_group_block_bytes(dtype type) {
-    return 16 * (size_t)q16_chunks(type) + (type == DTYPE_Q4_1 ? 32 : 16);
-}
-
-/* Group block b from the file's rows, transposed as cpu_pack_weight does, into tmp. */
-INLINE const uint8_t *q16_transpose(dtype type, const q16_group *g, int64_t b, uint8_t *tmp) {
-    const size_t bb = type == DTYPE_Q8_0   ? sizeof(block_q8_0)
-                      : type == DTYPE_Q4_1 ? sizeof(block_q4_1)
-                                           : sizeof(block_q4_0);
-    const int head = type == DTYPE_Q4_1 ? 4 : 2, nc = q16_chunks(type);
-    for (int i = 0; i < CPU_PACK_ROWS; i++) {
-        const uint8_t *blk = g->row[i] + b * bb;
-        for (int c = 0; c < nc; c++) memcpy(tmp + 16 * c + 2 * i, blk + head + 2 * c, 2);
-        memcpy(tmp + 16 * nc + 2 * i, blk, 2);
-        if (type == DTYPE_Q4_1) memcpy(tmp + 16 * nc + 16 + 2 * i, blk + 2, 2);
-    }
-    return tmp;
-}
-
-/* Group block b: from the prepared layout (prefetching ahead) or transposed into tmp. */
-INLINE const uint8_t *q16_group_block(dtype type, bool packed, const q16_group *g, int64_t b,
-                                      uint8_t *tmp) {
-    if (!packed) return q16_transpose(type, g, b, tmp);
-    const size_t gb = q16_group_block_bytes(type);
-    const uint8_t *gbk = g->packed + b * gb;
-    const char *ahead = (const char *)gbk + CPU_Q16_PREFETCH * gb;
-    _mm_prefetch(ahead, _MM_HINT_T0);
-    _mm_prefetch(ahead + 64, _MM_HINT_T0);
-    if (gb > 128) _mm_prefetch(ahead + 128, _MM_HINT_T0);
-    if (gb > 192) _mm_prefetch(ahead + 192, _MM_HINT_T0);
-    return gbk;
-}
-
 /* The token's activations x[k], x[k + 1] in every 32-bit lane. */
 INLINE __m256i q16_pair(const int16_t *x) {
     int32_t v;
@@ -525,18 +479,9 @@ INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, bool packed, int6
         const int t1 = a->n - t0 < CPU_GEMM_TOKEN_BLOCK ? a->n : t0 + CPU_GEMM_TOKEN_BLOCK;
         for (int64_t r = r0; r < r1; r += Q16_GROUPS * CPU_PACK_ROWS) {
             const int G = r + CPU_PACK_ROWS < r1 ? Q16_GROUPS : 1;
-            q16_group g[Q16_GROUPS] = {0};
-            for (int k = 0; k < G; k++) {
-                const int64_t rg = r + k * CPU_PACK_ROWS;
-                if (packed) {
-                    g[k].packed = (const uint8_t *)w->prepared +
-                                  (size_t)(rg / CPU_PACK_ROWS) * nb * q16_group_block_bytes(type);
-                } else {
-                    for (int i = 0; i < CPU_PACK_ROWS; i++) /* rows past the end repeat the last */
-                        g[k].row[i] = (const uint8_t *)w->data +
-                                      (rg + i < w->rows ? rg + i : w->rows - 1) * w->row_bytes;
-                }
-            }
+            q16_group g[Q16_GROUPS];
+            for (int k = 0; k < G; k++)
+                g[k] = q16_group_at(w, packed, r + k * CPU_PACK_ROWS, nb, type);
             if (t1 - t0 <= 2) {
                 for (int k = 0; k < G; k++) {
                     if (t1 - t0 == 1)

@@ -12,6 +12,7 @@
  * halves below. Quantization reuses the AVX2 quantizers (every AVX-512 CPU has AVX2). */
 #include <string.h>
 
+#include "cpu_q16_layout.h"
 #include "cpu_simd.h"
 
 #ifdef CPU_SIMD_X86
@@ -57,12 +58,19 @@ INLINE __m512i emu_cvtepu16_epi32(__m256i h) {
         _mm512_castsi256_si512(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h))),
         _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 1);
 }
+INLINE __m512i emu_cvtepu8_epi16(__m256i b) {
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(b))),
+        _mm256_cvtepu8_epi16(_mm256_extracti128_si256(b, 1)), 1);
+}
 #undef _mm512_cvtepi32_ps
+#undef _mm512_cvtepu8_epi16
 #undef _mm512_cvtph_ps
 #undef _mm512_cvtepu16_epi32
 #undef _mm512_madd_epi16
 #define _mm512_cvtepi32_ps    emu_cvtepi32_ps
 #define _mm512_cvtph_ps       emu_cvtph_ps
+#define _mm512_cvtepu8_epi16  emu_cvtepu8_epi16
 #define _mm512_cvtepu16_epi32 emu_cvtepu16_epi32
 #define _mm512_madd_epi16     simde_mm512_madd_epi16 /* SIMDe 0.7's alias has four arguments */
 #endif
@@ -310,74 +318,215 @@ static void gemm_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
     CPU_GEMM_DRIVE(TILE_Q4_1, a, r0, r1);
 }
 
-/* ---- quantized weights x 16-bit activations ---- */
+/* ---- 16-bit activations on prepared weights: two groups of the prepared layout at a time ----
+ *
+ * The AVX2 file's kernel at twice the width, with VNNI's dpwssd folding its madd and add: a
+ * 512-bit vector holds one pair of columns for 16 rows (two groups of CPU_PACK_ROWS; lanes 2i,
+ * 2i + 1: row i), and dpwssd against the token's broadcast pair of activations adds each row's
+ * two products to its 32-bit lane. Per block b, token t and row i the float work is the AVX2
+ * kernel's, in its order:
+ *   acc = fma(float(isum), d_w * d_x, acc);  acc = fma(m_w, s_x, acc)   (Q4_1)
+ * and the integer sums are exact, so every output has the AVX2 kernel's bits (and the same
+ * for any tile, thread count or batch). A lone last group is paired with itself. */
 
-/* A block's 32 weights as 16-bit integers in one register, in order: Q8_0's bytes
- * sign-extended, Q4_0's nibbles less 8, Q4_1's nibbles (each byte zero-extended: its low
- * nibble is the and, its high one the shift, and the two make the register's halves). */
-INLINE __m512i load_wq_i16(dtype type, const uint8_t *blk) {
-    if (type == DTYPE_Q8_0)
-        return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
-    __m256i v = _mm256_cvtepu8_epi16(
-        _mm_loadu_si128((const __m128i *)(blk + (type == DTYPE_Q4_1 ? 4 : 2))));
-    __m512i q =
-        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, _mm256_set1_epi16(0x0f))),
-                           _mm256_srli_epi16(v, 4), 1);
-    return type == DTYPE_Q4_0 ? _mm512_sub_epi16(q, _mm512_set1_epi16(8)) : q;
+/* The token's activations x[k], x[k + 1] in every 32-bit lane. */
+INLINE __m512i q16_pair512(const int16_t *x) {
+    int32_t v;
+    memcpy(&v, x, 4);
+    return _mm512_set1_epi32(v);
 }
 
-/* One tile on 16-bit activations, one block per register: per block b, row i, token j,
- *   acc += isum · (d_w·d_x)  [+ m_w · s_x in lane 0, Q4_1]
- * isum by lanes of two products (madd; exact, and exact as floats: < 2^24). VNNI's dpwssd
- * would only fold the add of an accumulator, and each block's isum has its own scale. */
-INLINE void tile_quant_q16(const cpu_gemm_args *a, dtype type, int64_t r, int NR, int t, int NT) {
-    const kernel_weight *w = a->w;
-    const int64_t nb = w->cols / QK;
-    const size_t bb = wblock_bytes(type);
-    const cpu_act_q16 *x = a->x;
-    const int16_t *xq = x->qs + (int64_t)t * w->cols;
-    const float *xds = x->ds + 2 * (int64_t)t * nb;
-    const uint8_t *row[4];
-    __m512 acc[4][4];
-    for (int i = 0; i < NR; i++) {
-        row[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
-        for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+/* Chunk c of two group blocks widened to 16 bits: A's rows in the low half, B's in the high.
+ * Q4_0/Q4_1: lo holds columns 2c, 2c + 1 (low nibbles), hi 16 + 2c, 16 + 2c + 1. */
+INLINE void q16_widen512(dtype type, const uint8_t *ga, const uint8_t *gb, int c, __m512i *lo,
+                         __m512i *hi) {
+    const __m256i raw = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(ga + 16 * c))),
+        _mm_loadu_si128((const __m128i *)(gb + 16 * c)), 1);
+    if (type == DTYPE_Q8_0) {
+        *lo = _mm512_cvtepi8_epi16(raw);
+        return;
     }
+    const __m512i v = _mm512_cvtepu8_epi16(raw);
+    *lo = _mm512_and_si512(v, _mm512_set1_epi16(0x0f));
+    *hi = _mm512_srli_epi16(v, 4);
+    if (type == DTYPE_Q4_0) {
+        *lo = _mm512_sub_epi16(*lo, _mm512_set1_epi16(8));
+        *hi = _mm512_sub_epi16(*hi, _mm512_set1_epi16(8));
+    }
+}
+
+/* The 16 rows' scales (off: 16 * chunks) or Q4_1 offsets (off + 16) as floats. */
+INLINE __m512 q16_halves512(const uint8_t *ga, const uint8_t *gb, size_t off) {
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(ga + off))),
+        _mm_loadu_si128((const __m128i *)(gb + off)), 1));
+}
+
+/* Token t's outputs for rows r .. r + 15, those below the matrix's end (and below r + 8 for a
+ * lone group). */
+INLINE void q16_store512(const cpu_gemm_args *a, int64_t r, int n_rows, int t, __m512 acc) {
+    float *o = a->out + (int64_t)t * a->w->rows + r;
+    if (n_rows >= 16) {
+        _mm512_storeu_ps(o, acc);
+    } else {
+        float v[16];
+        _mm512_storeu_ps(v, acc);
+        memcpy(o, v, (size_t)n_rows * sizeof(float));
+    }
+}
+
+/* acc = fma(float(isum), d * d_x, acc), then + m * s_x for Q4_1: the AVX2 kernel's order. */
+INLINE __m512 q16_scale512(dtype type, __m512 acc, __m512i isum, __m512 d, __m512 m,
+                           const float *ds) {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, _mm512_set1_ps(ds[0])), acc);
+    if (type == DTYPE_Q4_1) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(ds[1]), acc);
+    return acc;
+}
+
+/* One or two tokens (decode) against two groups, each chunk widened where it is used. */
+INLINE void q16_direct512(const cpu_gemm_args *a, dtype type, bool packed, const q16_group *g,
+                          int64_t r, int n_rows, int t, int NT) {
+    const int64_t nb = a->w->cols / QK;
+    const int nc = q16_chunks(type);
+    const cpu_act_q16 *x = a->x;
+    const int16_t *xq = x->qs + (int64_t)t * a->w->cols;
+    const float *xds = x->ds + 2 * (int64_t)t * nb;
+    _Alignas(32) uint8_t tmp[2][16 * QK / 2 + 32];
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
-        for (int i = 0; i < NR; i++) {
-            const uint8_t *blk = row[i] + b * bb;
-            _mm_prefetch((const char *)blk + NR * w->row_bytes, _MM_HINT_T0);
-            __m512i wq = load_wq_i16(type, blk);
-            __m512 dw = _mm512_set1_ps(load_f16(blk)), mw = _mm512_setzero_ps();
-            if (type == DTYPE_Q4_1) mw = _mm512_set1_ps(load_f16(blk + 2));
+        const uint8_t *ga = q16_group_block(type, packed, &g[0], b, tmp[0]);
+        const uint8_t *gb = q16_group_block(type, packed, &g[1], b, tmp[1]);
+        __m512i isum[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int c = 0; c < nc; c++) {
+            __m512i lo, hi;
+            q16_widen512(type, ga, gb, c, &lo, &hi);
             for (int j = 0; j < NT; j++) {
-                const int16_t *q = xq + (j * nb + b) * QK;
-                const float *ds = xds + 2 * (j * nb + b);
-                __m512i isum = _mm512_madd_epi16(wq, _mm512_loadu_si512(q));
-                __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(ds[0]));
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[i][j]);
-                if (type == DTYPE_Q4_1)
-                    acc[i][j] = _mm512_fmadd_ps(mw, _mm512_maskz_mov_ps(1, _mm512_set1_ps(ds[1])),
-                                                acc[i][j]);
+                const int16_t *xj = xq + (j * nb + b) * QK + 2 * c;
+                isum[j] = _mm512_dpwssd_epi32(isum[j], lo, q16_pair512(xj));
+                if (type != DTYPE_Q8_0)
+                    isum[j] = _mm512_dpwssd_epi32(isum[j], hi, q16_pair512(xj + 16));
             }
         }
+        const __m512 d = q16_halves512(ga, gb, 16 * (size_t)nc);
+        const __m512 m = type == DTYPE_Q4_1 ? q16_halves512(ga, gb, 16 * (size_t)nc + 16) : d;
+        for (int j = 0; j < NT; j++)
+            acc[j] = q16_scale512(type, acc[j], isum[j], d, m, xds + 2 * (j * nb + b));
     }
-    for (int i = 0; i < NR; i++)
-        for (int j = 0; j < NT; j++) a->out[(t + j) * w->rows + r + i] = hsum16(acc[i][j]);
+    for (int j = 0; j < NT; j++) q16_store512(a, r, n_rows, t + j, acc[j]);
 }
 
-#define TILE_Q16_Q8_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q8_0, r, NR, t, NT)
-#define TILE_Q16_Q4_0(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_0, r, NR, t, NT)
-#define TILE_Q16_Q4_1(a, r, NR, t, NT) tile_quant_q16(a, DTYPE_Q4_1, r, NR, t, NT)
+/* Blocks of two groups widened once per block of tokens: vector v holds columns 2v, 2v + 1
+ * of the 16 rows. */
+typedef struct q16_wide512 {
+    __m512i v[QK / 2];
+    __m512 d, m;
+} q16_wide512;
+
+/* Blocks widened at a time: 16 x 1.1 KB, in L1 while the tiles run. */
+#define Q16_WIDE512_BLOCKS 16
+
+INLINE void q16_widen_block512(dtype type, const uint8_t *ga, const uint8_t *gb, q16_wide512 *o) {
+    const int nc = q16_chunks(type);
+    for (int c = 0; c < nc; c++) {
+        __m512i lo, hi;
+        q16_widen512(type, ga, gb, c, &lo, &hi);
+        o->v[c] = lo;
+        if (type != DTYPE_Q8_0) o->v[QK / 4 + c] = hi;
+    }
+    o->d = q16_halves512(ga, gb, 16 * (size_t)nc);
+    if (type == DTYPE_Q4_1) o->m = q16_halves512(ga, gb, 16 * (size_t)nc + 16);
+}
+
+/* NT tokens from t against widened blocks [b0, b1) (wide: block b0's), the float sums in
+ * acc[0 .. NT) (in registers across the blocks: 32 vector registers hold 8 sums of each kind,
+ * the weights and the broadcast). */
+INLINE void gemm_q16_tile512(const cpu_gemm_args *a, dtype type, const q16_wide512 *wide,
+                             int64_t b0, int64_t b1, int t, int NT, __m512 *acc_mem) {
+    const int64_t cols = a->w->cols, nb = cols / QK;
+    const cpu_act_q16 *x = a->x;
+    const int16_t *xq = x->qs + (int64_t)t * cols;
+    const float *xds = x->ds + 2 * (int64_t)t * nb;
+    __m512 acc[8];
+    for (int j = 0; j < NT; j++) acc[j] = acc_mem[j];
+    for (int64_t b = b0; b < b1; b++) {
+        const q16_wide512 *wb = wide + (b - b0);
+        __m512i isum[8];
+        for (int j = 0; j < NT; j++) isum[j] = _mm512_setzero_si512();
+#pragma GCC unroll 16
+        for (int v = 0; v < QK / 2; v++) {
+            const __m512i wv = _mm512_load_si512(&wb->v[v]);
+            for (int j = 0; j < NT; j++)
+                isum[j] =
+                    _mm512_dpwssd_epi32(isum[j], wv, q16_pair512(xq + j * cols + b * QK + 2 * v));
+        }
+        for (int j = 0; j < NT; j++)
+            acc[j] = q16_scale512(type, acc[j], isum[j], wb->d, wb->m, xds + 2 * (j * nb + b));
+    }
+    for (int j = 0; j < NT; j++) acc_mem[j] = acc[j];
+}
+
+/* Rows [r0, r1), r0 a multiple of CPU_PACK_ROWS: token blocks of CPU_GEMM_TOKEN_BLOCK; in a
+ * block, two groups at a time (a lone last one paired with itself), their blocks widened
+ * Q16_WIDE512_BLOCKS at a time, then tiles of 8 tokens (4, 2, 1 for the rest). A block of one
+ * or two tokens (decode) reads each weight once: no widened copy. */
+INLINE void gemm_q16_drive512(const cpu_gemm_args *a, dtype type, bool packed, int64_t r0,
+                              int64_t r1) {
+    const kernel_weight *w = a->w;
+    const int64_t nb = w->cols / QK;
+    const int64_t parts = (nb + Q16_WIDE512_BLOCKS - 1) / Q16_WIDE512_BLOCKS;
+    const int64_t part = (nb + parts - 1) / parts;
+    _Alignas(32) uint8_t tmp[2][16 * QK / 2 + 32];
+    _Alignas(64) q16_wide512 wide[Q16_WIDE512_BLOCKS];
+    _Alignas(64) __m512 acc[CPU_GEMM_TOKEN_BLOCK];
+    for (int t0 = 0; t0 < a->n; t0 += CPU_GEMM_TOKEN_BLOCK) {
+        const int t1 = a->n - t0 < CPU_GEMM_TOKEN_BLOCK ? a->n : t0 + CPU_GEMM_TOKEN_BLOCK;
+        for (int64_t r = r0; r < r1; r += 2 * CPU_PACK_ROWS) {
+            const bool pair = r + CPU_PACK_ROWS < r1;
+            const int64_t left = (pair ? r1 : r + CPU_PACK_ROWS) - r;
+            const int n_rows = (int)(left < w->rows - r ? left : w->rows - r);
+            q16_group g[2];
+            g[0] = q16_group_at(w, packed, r, nb, type);
+            g[1] = pair ? q16_group_at(w, packed, r + CPU_PACK_ROWS, nb, type) : g[0];
+            if (t1 - t0 <= 2) {
+                if (t1 - t0 == 1)
+                    q16_direct512(a, type, packed, g, r, n_rows, t0, 1);
+                else
+                    q16_direct512(a, type, packed, g, r, n_rows, t0, 2);
+                continue;
+            }
+            for (int i = 0; i < t1 - t0; i++) acc[i] = _mm512_setzero_ps();
+            for (int64_t b0 = 0; b0 < nb; b0 += part) {
+                const int64_t b1 = b0 + part < nb ? b0 + part : nb;
+                for (int64_t b = b0; b < b1; b++)
+                    q16_widen_block512(type, q16_group_block(type, packed, &g[0], b, tmp[0]),
+                                       q16_group_block(type, packed, &g[1], b, tmp[1]),
+                                       &wide[b - b0]);
+                int t = t0;
+#define TILE512_(NT) gemm_q16_tile512(a, type, wide, b0, b1, t, NT, acc + (t - t0))
+                for (; t + 8 <= t1; t += 8) TILE512_(8);
+                if (t + 4 <= t1) TILE512_(4), t += 4;
+                if (t + 2 <= t1) TILE512_(2), t += 2;
+                if (t < t1) TILE512_(1);
+#undef TILE512_
+            }
+            for (int t = t0; t < t1; t++) q16_store512(a, r, n_rows, t, acc[t - t0]);
+        }
+    }
+}
+
+#define GEMM_Q16_512(type, a, r0, r1)                                                              \
+    ((a)->w->prepared ? gemm_q16_drive512(a, type, true, r0, r1)                                   \
+                      : gemm_q16_drive512(a, type, false, r0, r1))
 
 static void gemm_q16_q8_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q8_0, a, r0, r1);
+    GEMM_Q16_512(DTYPE_Q8_0, a, r0, r1);
 }
 static void gemm_q16_q4_0(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q4_0, a, r0, r1);
+    GEMM_Q16_512(DTYPE_Q4_0, a, r0, r1);
 }
 static void gemm_q16_q4_1(const cpu_gemm_args *a, int64_t r0, int64_t r1) {
-    CPU_GEMM_DRIVE(TILE_Q16_Q4_1, a, r0, r1);
+    GEMM_Q16_512(DTYPE_Q4_1, a, r0, r1);
 }
 
 #ifndef CPU_SIMD_EMULATE
@@ -408,6 +557,7 @@ const cpu_simd_table TABLE_NAME = {
             [DTYPE_Q4_0] = gemm_q16_q4_0,
             [DTYPE_Q4_1] = gemm_q16_q4_1,
         },
+    .q16_prepared = {[DTYPE_Q8_0] = true, [DTYPE_Q4_0] = true, [DTYPE_Q4_1] = true},
 };
 
 #endif /* CPU_SIMD_X86 */
