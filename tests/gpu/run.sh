@@ -4,7 +4,8 @@
 # label "gpu"), the GPU benchmarks and PyTorch's SDPA beside them, the serving benchmark
 # (bench/bench_serving.py: a coordinator and one `cinder-worker --device cuda` started without
 # mpirun, continuous against static batching), then compute-sanitizer (memcheck, racecheck) on
-# the op tests; prints a short table last. Within 8 minutes: every step has a timeout cut to
+# the op tests, then (time left, AVX-512 VNNI host) the CPU kernel tests and Q4_1 matmul
+# timings on the host's AVX-512 level; prints a short table last. Within 8 minutes: every step has a timeout cut to
 # what is left of the budget. Exit status 1 when anything failed.
 #
 #   tests/gpu/run.sh            (repository root or anywhere; $OUT, if set, gets the logs)
@@ -273,6 +274,18 @@ if [ -x "$B/tests/test_cuda_ops" ] && command -v compute-sanitizer > /dev/null; 
         "$B/tests/test_cuda_ops" --quick
 else
     row sanitizer SKIP "no compute-sanitizer or no test binary"
+fi
+
+# ---- the host CPU's AVX-512 kernels, with what time is left (no build machine has AVX-512):
+# the real (not emulated) kernels checked against scalar and AVX2 bit for bit, then timed ----
+if [ $((BUDGET - $(elapsed))) -gt 75 ] && grep -q avx512_vnni /proc/cpuinfo 2> /dev/null; then
+    run_step build-cpu-kernels 40 ninja -C "$B" $J test_kernels_cpu bench_kernels &&
+        run_step test-kernels-avx512 30 "$B/tests/test_kernels_cpu" &&
+        run_step bench-kernels-avx512 35 "$B/bench/bench_kernels" 2 Q4_1 avx512 &&
+        run_step bench-kernels-avx2 35 "$B/bench/bench_kernels" 2 Q4_1 avx2
+    cat "$L/bench-kernels-avx512.log" "$L/bench-kernels-avx2.log" 2> /dev/null
+else
+    row cpu-avx512 SKIP "no AVX-512 VNNI on the host, or no time left"
 fi
 
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
