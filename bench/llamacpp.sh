@@ -11,6 +11,11 @@
 #
 #   bench/llamacpp.sh [MODEL]        default: ~/.cache/cinder/SmolLM2-135M-Instruct.Q4_1.gguf
 #   THREADS="1 2" REPS=3 bench/llamacpp.sh
+#   PAIRED=10 bench/llamacpp.sh      instead: 10 paired rounds of batched decode at 2 threads,
+#                                    each llama-batched-bench (as below) then cinder's
+#                                    `bench_engine --batched MODEL 2` (F16 KV; CINDER_BUILD,
+#                                    default build/), straight after: per-round rates and
+#                                    ratios, then the median ratio
 #
 # Needs cmake, a C++ compiler and pip (scripts/install-deps.sh installs them). Nothing here is
 # part of the build or the tests.
@@ -47,6 +52,30 @@ if [[ ! -x $BUILD/bin/llama-bench || ! -x $BUILD/bin/llama-batched-bench ]]; the
         >>"$DIR/cmake-$VERSION.log"
 fi
 
+batched() { # THREADS: llama-batched-bench's table
+    "$BUILD/bin/llama-batched-bench" -m "$MODEL" -t "$1" -tb "$1" -c $((NPL * 256 + 256)) \
+        -b 2048 -ub 512 -npp 128 -ntg 128 -npl "$NPL" -ngl 0 2>/dev/null
+}
+
+if [[ -n ${PAIRED:-} ]]; then
+    engine=${CINDER_BUILD:-$(dirname "$0")/../build}/bench/bench_engine
+    [[ -x $engine ]] || { echo "no $engine (build cinder first)" >&2; exit 1; }
+    echo "== $PAIRED paired rounds, batched decode of $NPL sequences, 2 threads, F16 KV for cinder;" \
+         "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    ratios=()
+    for i in $(seq "$PAIRED"); do
+        l=$(batched 2 | awk -F'|' '/^\|[ ]*128/ {gsub(/ /, "", $9); print $9}')
+        c=$("$engine" --batched "$MODEL" 2 2>&1 | awk '/ F16 / {print $(NF - 1)}')
+        r=$(awk -v c="$c" -v l="$l" 'BEGIN {printf "%.2f", (l > 0 ? c / l : 0)}')
+        ratios+=("$r")
+        echo "round $i $(date -u +%H:%M:%S): llama.cpp $l, cinder $c tokens/s: ${r}x"
+    done
+    printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1; if ($1 < 3) u++}
+        END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+             printf "median %.2fx over %d rounds; %d under 3x\n", m, NR, u}'
+    exit 0
+fi
+
 echo "== llama.cpp $(cd "$SRC" && git describe --tags 2>/dev/null || echo "vendored by llama-cpp-python $VERSION")" \
      "on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== model: $MODEL"
@@ -55,6 +84,5 @@ for t in $THREADS; do
 done
 for t in $THREADS; do
     echo "== batched decode, $NPL sequences, $t thread(s) (S_TG t/s: aggregate decode rate)"
-    "$BUILD/bin/llama-batched-bench" -m "$MODEL" -t "$t" -tb "$t" -c $((NPL * 256 + 256)) \
-        -b 2048 -ub 512 -npp 128 -ntg 128 -npl "$NPL" -ngl 0 2>/dev/null
+    batched "$t"
 done
