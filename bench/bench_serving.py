@@ -15,10 +15,11 @@ Prints per mode: makespan, output tokens/s, requests/s, time to first token and 
 output token (p50, p99, measured at the client from each request's arrival), then the ratios
 of continuous batching to each static mode. Prompts are random token ids (16..256 tokens,
 log-uniform), outputs 16..256 tokens (log-uniform) with ignore_eos so every request makes
-exactly its length; greedy unless --temperature (seeded sampling). The model's tokenizer must know every id below 40000 (the
-prompts' ids, and the ids it may sample). --tsv appends the throughputs, their ratio and the
-p99 TTFTs as name/value/unit/ratio/note lines (tests/gpu/run.sh). Not a test: no figure passes
-or fails; the exit status is 1 only when requests did not make their tokens.
+exactly its length; greedy unless --temperature (seeded sampling). The model's tokenizer
+must know every id below 40000 (the prompts' ids, and the ids it may sample). --tsv appends
+the throughputs, their ratio and the p99 TTFTs as name/value/unit/ratio/note lines
+(tests/gpu/run.sh). Not a test: no figure passes or fails; the exit status is 1 only when
+requests did not make their tokens.
 """
 import argparse
 import math

@@ -137,6 +137,12 @@ bool sched_pad(coord *co, request *r, Cinder__FinishReason reason) {
     if (g->n_running - g->n_padding < 2 || r->n_tokens >= co->ctx) return false;
     request *p = calloc(1, sizeof *p);
     if (!p) return false;
+    /* A request that ended on a stop token did not keep it: the slot decodes it next. */
+    if (r->n_tokens == r->n_computed &&
+        !pad_append(r, co->n_eos_ids ? co->eos_ids[0] : r->tokens[r->n_tokens - 1])) {
+        free(p);
+        return false;
+    }
     snprintf(p->id, sizeof p->id, "(padding of sequence %llu)", (unsigned long long)r->seq_id);
     p->state = REQ_RUNNING;
     p->padding = true;
@@ -156,19 +162,6 @@ bool sched_pad(coord *co, request *r, Cinder__FinishReason reason) {
     r->kv = NULL;
     r->sent_table = NULL, r->n_sent = r->cap_sent = 0;
     r->on_worker = false;
-    /* A request that ended on a stop token did not keep it: the slot decodes it next. */
-    if (p->n_tokens == p->n_computed) {
-        int32_t t = co->n_eos_ids ? co->eos_ids[0] : p->tokens[p->n_tokens - 1];
-        if (!pad_append(p, t)) {
-            /* no memory: give the sequence back and end it as an early exit would */
-            r->tokens = p->tokens, r->n_tokens = p->n_tokens, r->cap_tokens = p->cap_tokens;
-            r->kv = p->kv;
-            r->sent_table = p->sent_table, r->n_sent = p->n_sent, r->cap_sent = p->cap_sent;
-            r->on_worker = p->on_worker;
-            free(p);
-            return false;
-        }
-    }
     /* in r's place in the running list */
     p->prev = r->prev, p->next = r->next;
     if (r->prev)

@@ -28,6 +28,13 @@ static inline size_t q16_group_block_bytes(dtype type) {
     return 16 * (size_t)q16_chunks(type) + (type == DTYPE_Q4_1 ? 32 : 16);
 }
 
+/* Blocks widened at a time out of nb, at most max_blocks, in equal parts: 18 blocks with 16
+ * at most as 9 + 9, not 16 + 2. */
+static inline int64_t q16_part_blocks(int64_t nb, int64_t max_blocks) {
+    const int64_t parts = (nb + max_blocks - 1) / max_blocks;
+    return (nb + parts - 1) / parts;
+}
+
 /* The group of rows from rg (a multiple of CPU_PACK_ROWS) of w with nb blocks a row: in the
  * prepared layout, or the file's rows (rows past the end repeat the last). */
 static inline q16_group q16_group_at(const kernel_weight *w, bool packed, int64_t rg, int64_t nb,

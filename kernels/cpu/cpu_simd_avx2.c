@@ -468,9 +468,7 @@ INLINE void gemm_q16_drive(const cpu_gemm_args *a, dtype type, bool packed, int6
                            int64_t r1) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
-    /* widened in equal parts: 18 blocks as 9 + 9, not 16 + 2 */
-    const int64_t parts = (nb + Q16_WIDE_BLOCKS - 1) / Q16_WIDE_BLOCKS;
-    const int64_t part = (nb + parts - 1) / parts;
+    const int64_t part = q16_part_blocks(nb, Q16_WIDE_BLOCKS);
     _Alignas(32) uint8_t tmp[16 * QK / 2 + 32];
     q16_wide wide_mem[Q16_GROUPS][Q16_WIDE_BLOCKS];
     q16_wide *const wide[Q16_GROUPS] = {wide_mem[0], wide_mem[1]};

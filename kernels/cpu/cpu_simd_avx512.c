@@ -474,8 +474,7 @@ INLINE void gemm_q16_drive512(const cpu_gemm_args *a, dtype type, bool packed, i
                               int64_t r1) {
     const kernel_weight *w = a->w;
     const int64_t nb = w->cols / QK;
-    const int64_t parts = (nb + Q16_WIDE512_BLOCKS - 1) / Q16_WIDE512_BLOCKS;
-    const int64_t part = (nb + parts - 1) / parts;
+    const int64_t part = q16_part_blocks(nb, Q16_WIDE512_BLOCKS);
     _Alignas(32) uint8_t tmp[2][16 * QK / 2 + 32];
     _Alignas(64) q16_wide512 wide[Q16_WIDE512_BLOCKS];
     _Alignas(64) __m512 acc[CPU_GEMM_TOKEN_BLOCK];

@@ -5,8 +5,8 @@
 # (bench/bench_serving.py: a coordinator and one `cinder-worker --device cuda` started without
 # mpirun, continuous against static batching), then compute-sanitizer (memcheck, racecheck) on
 # the op tests, then (time left, AVX-512 VNNI host) the CPU kernel tests and Q4_1 matmul
-# timings on the host's AVX-512 level; prints a short table last. Within 8 minutes: every step has a timeout cut to
-# what is left of the budget. Exit status 1 when anything failed.
+# timings on the host's AVX-512 level; prints a short table last. Within 8 minutes: every step
+# has a timeout cut to what is left of the budget. Exit status 1 when anything failed.
 #
 #   tests/gpu/run.sh            (repository root or anywhere; $OUT, if set, gets the logs)
 #   CINDER_GPU_JOBS=2 CINDER_GPU_SMALL=1 CINDER_GPU_BUDGET=3000 tests/gpu/run.sh
